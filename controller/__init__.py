@@ -1,0 +1,1 @@
+"""kdigits control plane: settings, store, reconciler, Ray backend, REST API, operator, CLI."""

@@ -1,0 +1,180 @@
+"""Start and stop a private local Ray head: the embedded default's cluster.
+
+`kdigits serve`, `kdigits demo`, the tests and the benchmarks all get their local Ray head
+here. Each head has its own ports and temp dir, so several can run side by side, and it is
+stopped by ending its own process group, never by `ray stop` (which would kill every Ray on
+the machine). No orphaned processes: the head is a child of `ray start --block`, and the whole
+group is terminated on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY_START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _free_port_range(size: int) -> int:
+    """A start port with `size` consecutive ports free (best effort)."""
+    for _ in range(200):
+        start = free_port()
+        if start + size >= 65000:
+            continue
+        ok = True
+        for port in range(start, start + size):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return start
+    raise RuntimeError("no free port range for Ray workers")
+
+
+@dataclass
+class LocalRayHead:
+    """A running Ray head on 127.0.0.1 with the Jobs API at `dashboard_url`."""
+
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    process: subprocess.Popen[bytes] | None = None
+    temp_dir: Path | None = None
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout: float = RAY_START_TIMEOUT_S) -> LocalRayHead:
+        ray_bin = Path(sys.executable).with_name("ray")
+        # A short path: Ray puts Unix sockets under it and their paths are length-limited.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="kdray-", dir="/tmp"))
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        worker_start = _free_port_range(100)
+        args = [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--min-worker-port={worker_start}",
+            f"--max-worker-port={worker_start + 99}",
+            f"--temp-dir={self.temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ]
+        if self.num_cpus is not None:
+            args.append(f"--num-cpus={self.num_cpus}")
+        if self.num_gpus is not None:
+            args.append(f"--num-gpus={self.num_gpus}")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        env.pop("RAY_ADDRESS", None)
+        self.log_path = self.temp_dir / "ray-start.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        try:
+            self._wait_ready(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"{self.dashboard_url}/api/version"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                log = self.log_path.read_text(errors="replace") if self.log_path else ""
+                raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{log}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"Ray head did not answer at {url} within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            self._kill_session_leftovers()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+
+    def _kill_session_leftovers(self) -> None:
+        """Ray processes that left the group but still point at our temp dir."""
+        if self.temp_dir is None:
+            return
+        marker = str(self.temp_dir)
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmdline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(proc.name), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def local_ray_head(
+    num_cpus: int | None = None, num_gpus: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[LocalRayHead]:
+    head = LocalRayHead(num_cpus=num_cpus, num_gpus=num_gpus, env=env or {})
+    head.start()
+    try:
+        yield head
+    finally:
+        head.stop()
