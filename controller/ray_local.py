@@ -10,6 +10,7 @@ group is terminated on exit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -63,6 +64,7 @@ class LocalRayHead:
     dashboard_port: int = 0
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    adopted_pgid: int | None = None  # a head started by an earlier process (see `adopt`)
 
     @property
     def address(self) -> str:
@@ -137,6 +139,10 @@ class LocalRayHead:
 
     def stop(self, timeout: float = 30.0) -> None:
         process, self.process = self.process, None
+        pgid, self.adopted_pgid = self.adopted_pgid, None
+        if process is None and pgid is not None:
+            _stop_group(pgid, timeout)
+            self._kill_session_leftovers()
         if process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -166,6 +172,70 @@ class LocalRayHead:
             if marker in cmdline:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(proc.name), signal.SIGKILL)
+
+
+    # -------------------------------------------------------------- surviving a crash
+
+    def save(self, path: Path) -> None:
+        """Record this head so a controller restarted after a crash can adopt it."""
+        pid = self.process.pid if self.process is not None else self.adopted_pgid
+        record = {
+            "pgid": pid,
+            "gcs_port": self.gcs_port,
+            "dashboard_port": self.dashboard_port,
+            "temp_dir": str(self.temp_dir),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    @classmethod
+    def adopt(cls, path: Path, timeout: float = 10.0) -> LocalRayHead | None:
+        """The head recorded at `path` if it still runs and answers, else None.
+
+        A controller killed with SIGKILL cannot stop its head; the next one adopts it (and its
+        running jobs) instead of starting a second head, and stops it on a clean exit.
+        """
+        try:
+            record = json.loads(path.read_text())
+            pgid, temp_dir = int(record["pgid"]), Path(record["temp_dir"])
+            head = cls(
+                gcs_port=int(record["gcs_port"]),
+                dashboard_port=int(record["dashboard_port"]),
+                temp_dir=temp_dir,
+                adopted_pgid=pgid,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _group_alive(pgid) or not temp_dir.is_dir():
+            return None
+        try:
+            head._wait_ready(timeout)
+        except (TimeoutError, RuntimeError):
+            return None
+        return head
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_group(pgid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.2)
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -266,6 +266,8 @@ class Layer(SpecModel):
 class CustomNetwork(SpecModel):
     """A declarative layer list, or Python source when the operator enables it."""
 
+    model_config = ConfigDict(json_schema_extra=_one_of_schema("layers", "python"))
+
     layers: list[Layer] | None = Field(None, min_length=1, max_length=512)
     python: Annotated[str, StringConstraints(max_length=200_000)] | None = Field(
         None,
@@ -554,6 +556,9 @@ class ObjectMeta(SpecModel):
     generation: int | None = None
     resource_version: str | None = None
     creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = Field(
+        None, description="Set when deletion was requested; the object goes once cleaned up"
+    )
 
     @field_validator("labels")
     @classmethod

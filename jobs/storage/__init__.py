@@ -2,7 +2,8 @@
 
 `file:///abs/dir` is a local directory (the embedded default); `s3://bucket/prefix` is S3 or
 MinIO through boto3, with the endpoint from `KDIGITS_S3_ENDPOINT` (or `AWS_ENDPOINT_URL`) and
-the usual AWS credential variables.
+the usual AWS credential variables. Failures the store cannot retry away raise StoreError (an
+OSError); a missing key raises ObjectNotFound; an unsafe key raises InvalidKey.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from jobs.storage.base import CHUNK_SIZE, InvalidKey, ObjectNotFound, ObjectStore, check_key
+from jobs.storage.base import (
+    CHUNK_SIZE,
+    InvalidKey,
+    ObjectNotFound,
+    ObjectStore,
+    StoreError,
+    check_key,
+)
 from jobs.storage.local import LocalStore
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "LocalStore",
     "ObjectNotFound",
     "ObjectStore",
+    "StoreError",
     "check_key",
     "open_store",
 ]
