@@ -70,7 +70,8 @@ def reference_images_per_s(root: Path, width: int, height: int, channels: int) -
     started = time.perf_counter()
     paths = list_images(root)
     for path in paths:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image: Image.Image = opened
             if image.mode != mode:
                 image = image.convert(mode)
             if image.size != (width, height):
@@ -123,7 +124,7 @@ def run_job(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[str, f
             if time.perf_counter() - submitted > JOB_TIMEOUT_S:
                 client.stop_job(job)
                 raise TimeoutError(f"the build job did not finish in {JOB_TIMEOUT_S:.0f}s")
-            time.sleep(0.1)
+            time.sleep(0.25)
             status = client.get_job_status(job)
         figures["submit_to_done_s"] = time.perf_counter() - submitted
         if status != JobStatus.SUCCEEDED:
@@ -133,8 +134,8 @@ def run_job(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[str, f
     figures.update(
         images=float(sum(stats["images"].values())),
         skipped=float(stats["skipped"]["count"]),
-        tasks=float(stats["tasks"]),
-        chunk_size=float(stats["chunkSize"]),
+        tasks=float(stats["chunks"]["tasks"]),
+        chunk_size=float(stats["chunks"]["largest"]),
         job_total_s=timing["totalSeconds"],
         worker_start_s=timing["workerStartSeconds"],
         list_s=timing["listSeconds"],
@@ -171,7 +172,7 @@ def main() -> int:
     busy = figures["task_cpu_s"] / (figures["process_s"] * args.cpus)
     print(
         f"job: {figures['images']:.0f} images ({figures['skipped']:.0f} skipped) in "
-        f"{figures['tasks']:.0f} tasks of {figures['chunk_size']:.0f}; listing "
+        f"{figures['tasks']:.0f} tasks of up to {figures['chunk_size']:.0f}; listing "
         f"{figures['list_s']:.3f}s; listing to last shard {figures['process_s']:.3f}s; "
         f"task time / ({args.cpus} CPUs x wall) = {busy:.2f}"
     )

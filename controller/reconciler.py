@@ -457,7 +457,11 @@ class Reconciler:
         saved = self._save(obj, status)
         if saved is None:
             return False
-        self._ray_submit(saved)
+        try:
+            self._ray_submit(saved)
+        except RayUnavailable as error:  # recorded: the next pass submits it
+            self.last_error = str(error)
+            log.warning("could not submit %s yet: %s", sid, error)
         return True
 
     def _ray_submit(self, obj: Resource) -> None:

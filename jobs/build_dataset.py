@@ -73,7 +73,7 @@ MEAN_PNG = "mean.png"
 MIN_CHUNK = 200
 MAX_CHUNK = 2000
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
-TASKS_PER_CPU = 4
+GUIDED_DIVISOR = 2
 MAX_SKIPPED_LISTED = 1000
 MAX_WARM_WORKERS = 256
 PROGRESS_EVERY_S = 0.5
@@ -161,11 +161,10 @@ def plan_dataset(listing: Listing, split: SplitSpec, seed: int) -> Plan:
         parts["train"] += entries[:end_train]
         parts["val"] += entries[end_train:end_val]
         parts["test"] += entries[end_val:]
-    for split_name, names in sorted(listing.ignored_classes.items()):
-        for label in names:
-            dropped.append(
-                {"label": label, "count": 0, "reason": f"{split_name}: " + REASON_NOT_IN_TRAIN}
-            )
+    for split_name, ignored in sorted(listing.ignored_classes.items()):
+        for label, count in sorted(ignored.items()):
+            reason = f"{split_name}: {REASON_NOT_IN_TRAIN}"
+            dropped.append({"label": label, "count": count, "reason": reason})
     if not kept:
         raise BuildError(
             f"split.minPerClass: no class has at least {split.min_per_class} images "
@@ -182,11 +181,32 @@ def plan_dataset(listing: Listing, split: SplitSpec, seed: int) -> Plan:
     return Plan([listing.labels[i] for i in kept], splits, dropped, seed)
 
 
-def auto_chunk_size(total: int, cpus: int, image_bytes: int) -> int:
-    """Images per task: about TASKS_PER_CPU tasks per CPU, 200..2000, and under 256 MiB."""
-    wanted = math.ceil(total / max(1, cpus * TASKS_PER_CPU))
-    by_bytes = max(1, MAX_CHUNK_BYTES // max(1, image_bytes))
-    return max(1, min(max(MIN_CHUNK, wanted), MAX_CHUNK, by_bytes))
+def plan_chunks(
+    sizes: dict[str, int], cpus: int, image_bytes: int, fixed: int = 0
+) -> list[tuple[str, int, int]]:
+    """(split, begin, end) of each task, in submission order.
+
+    With `fixed` > 0, chunks of that size. Otherwise guided self-scheduling: each chunk is the
+    images still unassigned divided by 2 x CPUs (within MIN_CHUNK..MAX_CHUNK and MAX_CHUNK_BYTES),
+    so early chunks are large (little per-task overhead) and the last ones small (workers
+    finish together instead of one waiting on a big straggler).
+    """
+    cap = max(1, min(fixed or MAX_CHUNK, MAX_CHUNK_BYTES // max(1, image_bytes)))
+    floor = min(MIN_CHUNK, cap) if not fixed else cap
+    remaining = sum(sizes.values())
+    chunks: list[tuple[str, int, int]] = []
+    for split, count in sizes.items():
+        begin = 0
+        while begin < count:
+            size = max(floor, min(cap, math.ceil(remaining / (GUIDED_DIVISOR * max(1, cpus)))))
+            left = count - begin
+            if left - size < floor and left <= cap:
+                size = left  # no runt chunk at the end of a split
+            size = min(size, left)
+            chunks.append((split, begin, begin + size))
+            begin += size
+            remaining -= size
+    return chunks
 
 
 # --------------------------------------------------------------------------- the Ray task
@@ -222,6 +242,8 @@ class ChunkResult:
     skipped: list[tuple[str, str]]
     pixel_sum: np.ndarray
     seconds: float
+    started: float  # Unix time: the task's own start and end, for the pipeline timeline
+    finished: float
 
 
 _STORES: dict[str, ObjectStore] = {}
@@ -237,7 +259,7 @@ def cached_store(url: str) -> ObjectStore:
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
     """Read, decode and resize a chunk of images and write its shard; runs in a Ray worker."""
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     rng = np.random.default_rng(task.seed)
     shape = (task.height, task.width, task.channels)
     images = np.empty((len(task.entries), *shape), dtype=np.uint8)
@@ -264,6 +286,8 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
         skipped=skipped,
         pixel_sum=images.sum(axis=0, dtype=np.float64),
         seconds=time.perf_counter() - started,
+        started=wall_started,
+        finished=time.time(),
     )
 
 
@@ -295,9 +319,13 @@ class Totals:
     shards: dict[str, list[str]] = field(default_factory=dict)
     pixel_sum: np.ndarray | None = None
     task_seconds: float = 0.0
+    first_start: float = math.inf
+    last_finish: float = 0.0
 
     def add(self, result: ChunkResult) -> None:
         self.task_seconds += result.seconds
+        self.first_start = min(self.first_start, result.started)
+        self.last_finish = max(self.last_finish, result.finished)
         self.images[result.split] += result.count
         counts = self.per_class.setdefault(result.split, [0] * len(self.labels))
         for i, n in enumerate(result.per_label):
@@ -417,7 +445,7 @@ class DatasetBuild:
         ray.get([warm.remote(self.store_url, reader) for _ in range(workers)])
         self.timing["workerStartSeconds"] = time.perf_counter() - t0
 
-        list_started = time.perf_counter()
+        list_started, list_wall = time.perf_counter(), time.time()
         self.events.emit("progress", progress=0.0, eta=None, stage="listing")
         listing = list_source(spec.source, self.roots)
         seed = spec.split.seed if spec.split.seed is not None else derive_seed(self.dataset_id)
@@ -428,36 +456,41 @@ class DatasetBuild:
         image = spec.image
         image_bytes = image.width * image.height * image.channels
         total = sum(len(entries) for entries in plan.splits.values())
-        chunk = self.chunk_size or auto_chunk_size(total, cpus, image_bytes)
-        tasks = self._tasks(spec, plan, reader, chunk)
+        sizes = {split: len(plan.splits[split]) for split in SPLITS}
+        chunks = plan_chunks(sizes, cpus, image_bytes, self.chunk_size)
+        tasks = self._tasks(spec, plan, reader, chunks)
         totals = Totals(labels=plan.labels, skipped=list(listing.skipped))
         self._run_tasks(tasks, totals, total, list_started)
         self.timing["processSeconds"] = time.perf_counter() - list_started
         self.timing["taskSeconds"] = totals.task_seconds
-        self._write_outputs(spec, plan, totals, chunk, len(tasks), cpus, started)
+        self.timing["firstTaskStartSeconds"] = totals.first_start - list_wall
+        self.timing["lastTaskEndSeconds"] = totals.last_finish - list_wall
+        self._write_outputs(spec, plan, totals, chunks, cpus, started)
 
-    def _tasks(self, spec: DatasetSpec, plan: Plan, reader: Reader, chunk: int) -> list[ChunkTask]:
+    def _tasks(
+        self, spec: DatasetSpec, plan: Plan, reader: Reader, chunks: list[tuple[str, int, int]]
+    ) -> list[ChunkTask]:
         tasks: list[ChunkTask] = []
-        for split_index, split in enumerate(SPLITS):
-            entries = plan.splits[split]
-            for index, begin in enumerate(range(0, len(entries), chunk)):
-                part = entries[begin : begin + chunk]
-                tasks.append(
-                    ChunkTask(
-                        store_url=self.store_url,
-                        key=shard_key(self.dataset_id, split, index),
-                        split=split,
-                        entries=[(e.location, e.label) for e in part],
-                        width=spec.image.width,
-                        height=spec.image.height,
-                        channels=spec.image.channels,
-                        resize_mode=spec.image.resize_mode.value,
-                        encoding=spec.encoding.value,
-                        num_labels=len(plan.labels),
-                        seed=(plan.seed, split_index, index),
-                        reader=reader,
-                    )
+        shard_index: Counter[str] = Counter()
+        for split, begin, end in chunks:
+            index = shard_index[split]
+            shard_index[split] += 1
+            tasks.append(
+                ChunkTask(
+                    store_url=self.store_url,
+                    key=shard_key(self.dataset_id, split, index),
+                    split=split,
+                    entries=[(e.location, e.label) for e in plan.splits[split][begin:end]],
+                    width=spec.image.width,
+                    height=spec.image.height,
+                    channels=spec.image.channels,
+                    resize_mode=spec.image.resize_mode.value,
+                    encoding=spec.encoding.value,
+                    num_labels=len(plan.labels),
+                    seed=(plan.seed, SPLITS.index(split), index),
+                    reader=reader,
                 )
+            )
         return tasks
 
     def _run_tasks(
@@ -497,8 +530,7 @@ class DatasetBuild:
         spec: DatasetSpec,
         plan: Plan,
         totals: Totals,
-        chunk: int,
-        tasks: int,
+        chunks: list[tuple[str, int, int]],
         cpus: int,
         started: float,
     ) -> None:
@@ -513,7 +545,7 @@ class DatasetBuild:
         self.timing["totalSeconds"] = time.perf_counter() - started
         process_s = self.timing["processSeconds"]
         self.timing["imagesPerSecond"] = written / process_s if process_s > 0 else 0.0
-        stats = self._stats(spec, plan, totals, chunk, tasks, cpus)
+        stats = self._stats(spec, plan, totals, chunks, cpus)
         self.events.emit(
             "stats",
             images=stats["images"],
@@ -530,8 +562,14 @@ class DatasetBuild:
         store.put_bytes(prefix + STATS_FILE, json.dumps(stats, indent=1).encode())
 
     def _stats(
-        self, spec: DatasetSpec, plan: Plan, totals: Totals, chunk: int, tasks: int, cpus: int
+        self,
+        spec: DatasetSpec,
+        plan: Plan,
+        totals: Totals,
+        chunks: list[tuple[str, int, int]],
+        cpus: int,
     ) -> dict[str, Any]:
+        lengths = [end - begin for _, begin, end in chunks]
         reasons = Counter(reason for _, reason in totals.skipped)
         return {
             "complete": True,
@@ -562,8 +600,7 @@ class DatasetBuild:
             "seed": plan.seed,
             "shuffle": spec.split.shuffle,
             "shards": {split: sorted(totals.shards.get(split, [])) for split in SPLITS},
-            "chunkSize": chunk,
-            "tasks": tasks,
+            "chunks": {"tasks": len(chunks), "largest": max(lengths), "smallest": min(lengths)},
             "clusterCpus": cpus,
             "timing": {name: round(value, 4) for name, value in self.timing.items()},
         }

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from jobs.images import (
     DEFAULT_LIMITS,
@@ -47,9 +47,8 @@ class SourceError(Exception):
     """The source cannot be listed (missing folder, path outside the roots, no classes)."""
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One image: where it is and its class index into `Listing.labels`."""
+class Entry(NamedTuple):
+    """One image: where it is and its class index into `Listing.labels` (a cheap tuple)."""
 
     location: str
     label: int
@@ -62,7 +61,8 @@ class Listing:
     labels: list[str]
     splits: dict[str, list[Entry]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    ignored_classes: dict[str, list[str]] = field(default_factory=dict)
+    ignored_classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per separate val/test split: classes absent from train, with their image counts."""
 
 
 class Reader(Protocol):
@@ -168,36 +168,39 @@ def _confined_dir(path: str, roots: Sequence[Path], what: str) -> Path:
 
 def walk_images(top: Path, roots: Sequence[Path], skipped: list[tuple[str, str]]) -> Iterator[str]:
     """Image files below `top` (sorted, recursive, following only links that stay in roots)."""
-    stack: list[tuple[Path, int]] = [(top, 0)]
-    seen: set[Path] = {top}
+    stack: list[tuple[str, int]] = [(str(top), 0)]
+    seen: set[str] = {str(top)}
     while stack:
         folder, depth = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=_entry_name)
         except OSError:
-            skipped.append((str(folder), REASON_UNREADABLE))
+            skipped.append((folder, REASON_UNREADABLE))
             continue
-        subfolders: list[Path] = []
+        subfolders: list[str] = []
         for entry in entries:
-            path = Path(entry.path)
             if entry.is_symlink():
-                target = path.resolve()
+                target = Path(entry.path).resolve()
                 if not any(is_within(target, root) for root in roots):
                     skipped.append((entry.path, REASON_OUTSIDE_ROOTS))
-                    continue
-                if target.is_dir():
-                    subfolders.append(target)
+                elif target.is_dir():
+                    subfolders.append(str(target))
                 elif target.is_file() and has_image_extension(entry.name):
                     yield str(target)
             elif entry.is_dir(follow_symlinks=False):
-                subfolders.append(path)
-            elif entry.is_file(follow_symlinks=False) and has_image_extension(entry.name):
+                subfolders.append(entry.path)
+            elif has_image_extension(entry.name) and entry.is_file(follow_symlinks=False):
                 yield entry.path
         if depth < MAX_FOLDER_DEPTH:
             for sub in reversed(subfolders):
                 if sub not in seen:
                     seen.add(sub)
                     stack.append((sub, depth + 1))
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def class_folders(top: Path, roots: Sequence[Path]) -> dict[str, Path]:
@@ -231,7 +234,10 @@ def list_folder_source(source: FolderSource, roots: Sequence[Path]) -> Listing:
         split_classes = class_folders(split_dir, roots)
         unknown = sorted(set(split_classes) - set(labels))
         if unknown:
-            listing.ignored_classes[split] = unknown
+            listing.ignored_classes[split] = {
+                name: sum(1 for _ in walk_images(split_classes[name], roots, listing.skipped))
+                for name in unknown
+            }
         known = {name: folder for name, folder in split_classes.items() if name in classes}
         listing.splits[split] = _folder_entries(known, labels, roots, listing, split)
     return listing
@@ -365,7 +371,7 @@ def list_s3_source(
     for split, classes in per_split.items():
         unknown = sorted(set(classes) - set(labels))
         if unknown:
-            listing.ignored_classes[split] = unknown
+            listing.ignored_classes[split] = {name: len(classes[name]) for name in unknown}
         entries = [
             Entry(key, index[name])
             for name in sorted(classes)

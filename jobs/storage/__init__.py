@@ -2,8 +2,8 @@
 
 `file:///abs/dir` is a local directory (the embedded default); `s3://bucket/prefix` is S3 or
 MinIO through boto3, with the endpoint from `KDIGITS_S3_ENDPOINT` (or `AWS_ENDPOINT_URL`) and
-the usual AWS credential variables. Failures the store cannot retry away raise StoreError (an
-OSError); a missing key raises ObjectNotFound; an unsafe key raises InvalidKey.
+the usual AWS credential variables. Failures the store cannot retry away raise ObjectStoreError
+(an OSError); a missing key raises ObjectNotFound; an unsafe key raises InvalidKey.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from jobs.storage.base import (
     InvalidKey,
     ObjectNotFound,
     ObjectStore,
-    StoreError,
+    ObjectStoreError,
     check_key,
 )
 from jobs.storage.local import LocalStore
@@ -27,7 +27,7 @@ __all__ = [
     "LocalStore",
     "ObjectNotFound",
     "ObjectStore",
-    "StoreError",
+    "ObjectStoreError",
     "check_key",
     "open_store",
 ]

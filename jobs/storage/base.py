@@ -35,7 +35,7 @@ class InvalidKey(ValueError):
     """The key is empty, absolute, or would leave the store's root."""
 
 
-class StoreError(OSError):
+class ObjectStoreError(OSError):
     """The store could not complete an operation (after its retries); the message says why."""
 
 

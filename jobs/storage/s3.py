@@ -6,7 +6,7 @@ returns one version, so a reader never sees half an object. When a stream breaks
 resumes with a ranged GET pinned to the first response's ETag (`If-Match`), so a resumed read
 cannot splice two versions together. botocore retries throttling (503 SlowDown) and transient
 failures (5xx, dropped connections, timeouts) with backoff; what still fails after the last
-attempt surfaces as StoreError naming the operation and the object.
+attempt surfaces as ObjectStoreError naming the operation and the object.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from jobs.storage.base import (
     InvalidKey,
     ObjectNotFound,
     ObjectStore,
-    StoreError,
+    ObjectStoreError,
     check_key,
     check_prefix,
     folder_prefix,
@@ -98,6 +98,7 @@ class S3Store(ObjectStore):
     """One bucket prefix as an object store; safe to share across threads and to pickle."""
 
     delete_batch = DELETE_BATCH
+    list_page_size = 1000  # S3's own maximum per ListObjectsV2 page
 
     def __init__(
         self,
@@ -208,15 +209,15 @@ class S3Store(ObjectStore):
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str | None, *, not_found: bool = False) -> Iterator[None]:
-        """Translate boto3's exceptions: a missing key → ObjectNotFound, the rest → StoreError."""
+        """Map boto3 errors: missing key → ObjectNotFound, anything else → ObjectStoreError."""
         try:
             yield
         except ClientError as exc:
             if not_found and key is not None and _error_code(exc) in _NOT_FOUND_CODES:
                 raise ObjectNotFound(key) from None
-            raise StoreError(f"{action} {self._where(key)} failed: {exc}") from exc
+            raise ObjectStoreError(f"{action} {self._where(key)} failed: {exc}") from exc
         except (BotoCoreError, S3UploadFailedError) as exc:
-            raise StoreError(f"{action} {self._where(key)} failed: {exc}") from exc
+            raise ObjectStoreError(f"{action} {self._where(key)} failed: {exc}") from exc
 
     def create_bucket_if_missing(self) -> bool:
         """Create the bucket unless it exists; True when this call created it."""
@@ -253,8 +254,8 @@ class S3Store(ObjectStore):
     def put_file(self, key: str, path: Path) -> None:
         full = self._full(key)
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file to upload: {path}")
+        with path.open("rb"):  # a missing file or a folder fails here, as it does locally
+            pass
         with self._errors("put", key):
             self.client.upload_file(str(path), self.bucket, full, Config=self._transfer_config())
 
@@ -286,7 +287,7 @@ class S3Store(ObjectStore):
                 except _STREAM_ERRORS as exc:
                     breaks += 1
                     if breaks >= self.max_attempts:
-                        raise StoreError(
+                        raise ObjectStoreError(
                             f"get {self._where(key)} failed: the stream broke {breaks} times,"
                             f" last at byte {offset} of {total}: {exc}"
                         ) from exc
@@ -303,19 +304,19 @@ class S3Store(ObjectStore):
             body.close()
 
     def _resume(self, key: str, full: str, etag: str, offset: int) -> Any:
-        """The rest of the same version from `offset`; StoreError if it was replaced meanwhile."""
+        """The rest of the same version from `offset`; ObjectStoreError if it was replaced."""
         try:
             with self._errors("resume get", key):
                 response = self.client.get_object(
                     Bucket=self.bucket, Key=full, Range=f"bytes={offset}-", IfMatch=etag
                 )
-        except StoreError as exc:
+        except ObjectStoreError as exc:
             cause = exc.__cause__
             if isinstance(cause, ClientError) and _error_code(cause) in (
                 "PreconditionFailed",
                 *_NOT_FOUND_CODES,
             ):
-                raise StoreError(
+                raise ObjectStoreError(
                     f"get {self._where(key)} failed: the object changed or vanished while"
                     f" being read (at byte {offset})"
                 ) from cause
@@ -336,7 +337,12 @@ class S3Store(ObjectStore):
     def _raw_keys(self, full_prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         with self._errors("list", full_prefix[len(self._root) :] or None):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=full_prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            for page in pages:
                 for item in page.get("Contents", []):
                     yield item["Key"]
 
@@ -367,7 +373,7 @@ class S3Store(ObjectStore):
             errors = response.get("Errors", [])
             if errors:
                 first = errors[0]
-                raise StoreError(
+                raise ObjectStoreError(
                     f"delete {self._where(folder)} failed for {len(errors)} objects, first"
                     f" {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
                 )

@@ -1,7 +1,7 @@
 """A tiny real job for reconciler tests: prints event lines like jobs.build_dataset/jobs.train.
 
 usage: fake_job.py dataset|model STORE_URL ID [--epochs N] [--sleep S] [--fail-attempts N]
-       [--report-failure MESSAGE]
+       [--report-failure MESSAGE [--exit-code N]]
 It uses the real event emitter and object store, so the controller's tailing, status, metrics
 and events.jsonl paths are exercised for real. `--fail-attempts N` crashes (exit 3) while fewer
 than N crash markers exist in the store, to test retries.
@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--fail-attempts", type=int, default=0)
     parser.add_argument("--report-failure", default="")
+    parser.add_argument("--exit-code", type=int, default=1)
     args = parser.parse_args()
     store = open_store(args.store)
     prefix = (layout.dataset_prefix if args.kind == "dataset" else layout.model_prefix)(args.id)
@@ -45,7 +46,7 @@ def main() -> int:
     if args.report_failure:
         events.emit("done", phase="Failed", message=args.report_failure)
         events.flush()
-        return 1
+        return args.exit_code
     if args.kind == "dataset":
         events.emit("progress", progress=0.5, eta=1.0, stage="building")
         time.sleep(args.sleep)

@@ -18,7 +18,14 @@ from typing import cast
 
 import pytest
 
-from jobs.storage import InvalidKey, LocalStore, ObjectNotFound, ObjectStore, StoreError, open_store
+from jobs.storage import (
+    InvalidKey,
+    LocalStore,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreError,
+    open_store,
+)
 from jobs.storage.s3 import MIN_PART_SIZE, S3Store
 from tests.jobs.storage_faults import (
     HANG,
@@ -92,6 +99,14 @@ def test_file_round_trip(store: ObjectStore, tmp_path: Path) -> None:
     store.get_file("models/m1/snapshots/epoch-0001/model.safetensors", target)
     assert target.read_bytes() == source.read_bytes()
     assert os.listdir(target.parent) == ["model.safetensors"]
+
+
+def test_put_file_from_a_missing_path_stores_nothing(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.put_file("k", tmp_path / "absent")
+    with pytest.raises(IsADirectoryError):
+        store.put_file("k", tmp_path)
+    assert store.list() == []
 
 
 def test_get_file_replaces_an_existing_file(store: ObjectStore, tmp_path: Path) -> None:
@@ -443,15 +458,24 @@ def test_s3_listing_skips_foreign_names(s3_factory: S3Factory) -> None:
     assert store.list() == ["real/object"]
 
 
-def test_s3_delete_prefix_works_in_batches(s3_factory: S3Factory) -> None:
-    store = s3_factory()
-    store.delete_batch = 7
+def test_s3_lists_and_deletes_in_pages(s3_factory: S3Factory, s3_endpoint: str) -> None:
     keys = [f"models/m1/snapshots/epoch-{i:04d}/model.safetensors" for i in range(23)]
+    direct = s3_factory()
     for key in keys:
-        store.put_bytes(key, b"w")
-    store.put_bytes("models/m2/spec.json", b"keep")
-    assert store.delete_prefix("models/m1") == 23
-    assert store.list() == ["models/m2/spec.json"]
+        direct.put_bytes(key, b"w")
+    direct.put_bytes("models/m2/spec.json", b"keep")
+    with FaultProxy(s3_endpoint) as watcher:
+        store = s3_factory(endpoint_url=watcher.url)
+        store.delete_batch = 7
+        store.list_page_size = 5
+        assert store.list() == [*keys, "models/m2/spec.json"]
+        assert store.delete_prefix("models/m1") == 23
+        requests = [f"{request.method} {request.path}" for request in watcher.seen]
+    assert direct.list() == ["models/m2/spec.json"]
+    list_pages = [r for r in requests if r.startswith("GET") and "list-type=2" in r]
+    delete_batches = [r for r in requests if r.startswith("POST") and "delete" in r]
+    assert len(list_pages) == 5 + 5  # 24 keys, then the 23 doomed ones, 5 per page
+    assert len(delete_batches) == 4  # 7 + 7 + 7 + 2
 
 
 def test_s3_create_bucket_if_missing(s3_factory: S3Factory) -> None:
@@ -464,7 +488,7 @@ def test_s3_create_bucket_if_missing(s3_factory: S3Factory) -> None:
 
 def test_s3_missing_bucket_is_a_clear_error(s3_factory: S3Factory) -> None:
     store = s3_factory(bucket=f"kdigits-absent-{uuid.uuid4().hex[:8]}")
-    with pytest.raises(StoreError, match="NoSuchBucket") as caught:
+    with pytest.raises(ObjectStoreError, match="NoSuchBucket") as caught:
         store.put_bytes("k", b"v")
     assert store.url in str(caught.value)
 
@@ -550,13 +574,13 @@ def test_s3_gives_up_with_a_clear_error(s3_factory: S3Factory, proxy: FaultProxy
     store = s3_factory(endpoint_url=proxy.url, max_attempts=3)
     proxy.fail_always(SLOW_DOWN)
     started = time.monotonic()
-    with pytest.raises(StoreError, match="SlowDown") as caught:
+    with pytest.raises(ObjectStoreError, match="SlowDown") as caught:
         store.put_bytes("k", b"never")
     assert time.monotonic() - started < 20
     assert f"put {store.url}/k failed" in str(caught.value)
     assert len(proxy.seen) == 3
     proxy.fail_always(INTERNAL_ERROR)
-    with pytest.raises(StoreError, match="InternalError"):
+    with pytest.raises(ObjectStoreError, match="InternalError"):
         s3_factory(endpoint_url=proxy.url, max_attempts=2).get_bytes("k")
     assert len(proxy.seen) == 5
 
@@ -565,7 +589,7 @@ def test_s3_silent_endpoint_times_out(s3_factory: S3Factory, proxy: FaultProxy) 
     store = s3_factory(endpoint_url=proxy.url, max_attempts=2, read_timeout=0.5)
     proxy.fail_always(HANG)
     started = time.monotonic()
-    with pytest.raises(StoreError, match="timeout|timed out"):
+    with pytest.raises(ObjectStoreError, match="timeout|timed out"):
         store.exists("k")
     assert time.monotonic() - started < 15
     assert len(proxy.seen) == 2
@@ -598,6 +622,6 @@ def test_s3_download_fails_rather_than_splice_two_versions(
             after=lambda: direct.put_bytes("blob", b"b" * (2 * MiB)),
         )
     )
-    with pytest.raises(StoreError, match="changed"):
+    with pytest.raises(ObjectStoreError, match="changed"):
         store.get_bytes("blob")
     assert store.get_bytes("blob") == b"b" * (2 * MiB)

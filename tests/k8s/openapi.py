@@ -9,6 +9,7 @@ the default) rejects them, so a typo must fail here too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ def to_jsonschema(node: Any) -> Any:
             out[key] = to_jsonschema(value)
         elif key in _BRANCHES:
             out[key] = [to_jsonschema(branch) for branch in value]
+        elif key == "pattern":
+            out[key] = _python_pattern(value)
         elif key != "nullable":
             out[key] = value
     if node.get("nullable") and "type" in out:
@@ -46,6 +49,14 @@ def to_jsonschema(node: Any) -> Any:
     if "properties" in node and "additionalProperties" not in node and not preserves:
         out["additionalProperties"] = False
     return out
+
+
+def _python_pattern(pattern: str) -> str:
+    """Go's RE2 accepts `^(?i)...` (flags mid-pattern); Python wants the flags first."""
+    flags = "".join(re.findall(r"\(\?([imsU]+)\)", pattern))
+    if not flags or pattern.startswith(f"(?{flags})"):
+        return pattern
+    return f"(?{flags})" + re.sub(r"\(\?[imsU]+\)", "", pattern)
 
 
 def crd_validator(crd: dict[str, Any], version: str | None = None) -> jsonschema.Draft4Validator:

@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import PlainTextResponse
 
 from controller.api import admission
 from controller.api.deps import (
@@ -36,6 +35,12 @@ router = APIRouter(
 
 LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The log"}
+}
+PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "description": "The mean image",
+    }
 }
 
 
@@ -111,11 +116,7 @@ def read_dataset_stats(
         ) from None
 
 
-@router.get(
-    "/{name}/mean",
-    response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "The mean image"}},
-)
+@router.get("/{name}/mean", response_model=None, responses=PNG_RESPONSES)
 def read_dataset_mean(
     store: StoreDep, objects: ObjectsDep, name: ResourceName, namespace: NamespaceDep = "default"
 ) -> Response:
@@ -127,7 +128,7 @@ def read_dataset_mean(
     return Response(content=data, media_type="image/png")
 
 
-@router.get("/{name}/logs", response_class=PlainTextResponse, responses=LOG_RESPONSES)
+@router.get("/{name}/logs", response_model=None, responses=LOG_RESPONSES)
 def read_dataset_logs(
     store: StoreDep,
     reconciler: ReconcilerDep,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import PlainTextResponse
 
 from controller.api import admission
 from controller.api.deps import (
@@ -96,7 +95,7 @@ def read_model_metrics(
     )
 
 
-@router.get("/{name}/logs", response_class=PlainTextResponse, responses=LOG_RESPONSES)
+@router.get("/{name}/logs", response_model=None, responses=LOG_RESPONSES)
 def read_model_logs(
     store: StoreDep,
     reconciler: ReconcilerDep,
