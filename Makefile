@@ -29,5 +29,8 @@ test: lint
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
+crds: $(STAMP)
+	$(BIN)/python -m controller.crds --write
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -138,6 +138,9 @@ class LocalRayHead:
         raise TimeoutError(f"Ray head did not answer at {url} within {timeout:.0f}s")
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the head: SIGTERM to `ray start --block` alone, which then stops its children
+        in a few seconds (signalling the whole group at once leaves it waiting on children
+        that are already gone, for tens of seconds); whatever is left is killed."""
         process, self.process = self.process, None
         pgid, self.adopted_pgid = self.adopted_pgid, None
         if process is None and pgid is not None:
@@ -145,13 +148,15 @@ class LocalRayHead:
             self._kill_session_leftovers()
         if process is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # stragglers still in the group
             self._kill_session_leftovers()
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -228,14 +233,29 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _stop_group(pgid: int, timeout: float) -> None:
+    """Stop an adopted head: its leader (pid == pgid) first, as in `stop`, then the rest."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.kill(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _group_alive(pgid):
+    while time.monotonic() < deadline and _pid_alive(pgid):
         time.sleep(0.2)
-    if _group_alive(pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 @contextlib.contextmanager

@@ -139,7 +139,7 @@ def decode_image(data: bytes, channels: int, limits: DecodeLimits = DEFAULT_LIMI
             image.load()
         except (EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             message = str(error).lower()
-            if isinstance(error, EOFError) or "truncat" in message or "broken data" in message:
+            if isinstance(error, EOFError) or "truncat" in message:
                 raise ImageRejected(REASON_TRUNCATED) from None
             raise ImageRejected(REASON_CORRUPT, str(error)[:200]) from None
         return to_channels(image, channels)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,7 +25,7 @@ from pydantic.alias_generators import to_camel
 
 GROUP = "kdigits.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "kdigits.io/v1alpha1"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ResourceName = Annotated[
@@ -576,7 +576,7 @@ class Resource(SpecModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    api_version: Literal["kdigits.io/v1alpha1"] = API_VERSION
+    api_version: Literal["kdigits.io/v1alpha1"] = "kdigits.io/v1alpha1"
     metadata: ObjectMeta
 
 

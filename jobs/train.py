@@ -605,7 +605,7 @@ class TrainRun:
                     self._validate(epoch)
                 if due_snap or (finished and snap_index * snap_every < epochs - EPS):
                     snap_index = max(snap_index, math.floor(epoch / snap_every + EPS))
-                    label = epochs if finished else round(snap_index * snap_every, 4)
+                    label = float(epochs) if finished else round(snap_index * snap_every, 4)
                     self._snapshot(label, val_index, snap_index)
                 if (due_val or due_snap) and not epoch_end:
                     timer.start()

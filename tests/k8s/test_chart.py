@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -34,8 +35,6 @@ from tests.k8s.chart import (
     strip,
 )
 from tests.k8s.openapi import REPO, SHARED_SCHEMAS, error_paths, shared_validator
-
-helm_python = pytest.importorskip("helm_python")
 
 THIRD_PARTY = {
     ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",

@@ -123,7 +123,7 @@ def test_structural_checker_catches(bad: dict[str, Any], complaint: str) -> None
 
 
 def test_preserve_unknown_fields_and_int_or_string_need_no_type() -> None:
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "free": {"x-kubernetes-preserve-unknown-fields": True},
@@ -180,11 +180,13 @@ def test_status_written_by_the_models_validates() -> None:
         snapshots=[SnapshotStatus(epoch=2, key="models/x/snapshots/epoch-0002")],
         conditions=[Condition(type="Ready", status="False", reason="Training")],
     )
-    obj = {
+    obj: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Model",
         "metadata": {"name": "m"},
-        "spec": ModelSpec(dataset="d", network={"standard": "lenet"}).to_json_dict(),  # type: ignore[arg-type]
+        "spec": ModelSpec.model_validate(
+            {"dataset": "d", "network": {"standard": "lenet"}}
+        ).to_json_dict(),
         "status": status.to_json_dict(),
     }
     validator = crd_validator(crds.crd(crds.KINDS[1]))
