@@ -60,8 +60,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.png") if p.is_file())
+def list_images(root: Path) -> list[str]:
+    paths: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        paths += [os.path.join(folder, name) for name in sorted(files) if name.endswith(".png")]
+    return paths
 
 
 def reference_images_per_s(root: Path, width: int, height: int, channels: int) -> float:

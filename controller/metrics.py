@@ -20,12 +20,15 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from jobs.specs import Phase
+
+disable_created_metrics()  # no `_created` series: half the lines, nothing a dashboard uses
 
 PREFIX = "kdigits"
 JOB_KINDS = ("dataset", "model")
@@ -105,6 +108,11 @@ class Metrics:
         self.dataset_images = Gauge(
             f"{PREFIX}_dataset_images", "Images per split", ["dataset", "split"], registry=r
         )
+        self.reconcile_errors = Counter(
+            f"{PREFIX}_reconcile_errors",
+            "Reconcile passes, object actions or operator handlers that failed",
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             f"{PREFIX}_reconcile_duration_seconds",
             "Duration of one reconcile pass over every object",
@@ -133,6 +141,7 @@ class Metrics:
         )
         for kind in JOB_KINDS:
             self.job_submissions.labels(kind)
+            self.job_duration.labels(kind)  # at 0 from the start, so increase() sees the first job
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -150,6 +150,7 @@ class Reconciler:
                 self.run_once()
                 self.last_error = None
             except Exception as error:  # noqa: BLE001 - the loop must survive anything
+                self.metrics.reconcile_errors.inc()
                 self.last_error = f"{type(error).__name__}: {error}"
                 log.exception("reconcile pass failed")
             self.metrics.reconcile_duration.observe(time.perf_counter() - started)
@@ -187,6 +188,7 @@ class Reconciler:
         except (Conflict, NotFound):
             pass  # changed or gone meanwhile: the next pass sees the new state
         except RayUnavailable as error:
+            self.metrics.reconcile_errors.inc()
             self.last_error = str(error)
             log.warning("%s", error)
 

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     job_python: str = Field("", description="Python for job entrypoints; empty: 'python'")
     local_ray_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray head")
     local_ray_gpus: int | None = Field(None, ge=0, description="GPUs of the local Ray head")
+    kubernetes: bool = Field(
+        False,
+        description=(
+            "Run in the cluster: custom resources as the job store, the kopf operator, and "
+            "TokenReview/SubjectAccessReview on REST requests"
+        ),
+    )
 
     @cached_property
     def home_dir(self) -> Path:

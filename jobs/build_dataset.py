@@ -18,8 +18,9 @@ Arguments:
                        directory)
   --parallelism N      at most N chunk tasks in flight (default 0: all queued at once, so
                        every CPU of the cluster, however many nodes, takes chunks)
-  --chunk-size N       images per task and per shard (default 0: chosen from the dataset size
-                       and the cluster's CPUs, between 200 and 2000)
+  --chunk-size N       images per task and per shard (default 0: guided sizes from the
+                       dataset size and the cluster's CPUs, 2000 at most and 200 at least,
+                       large first and small last so that the workers finish together)
 
 What it does: if `stats.json` is there and complete, it exits 0 at once (idempotent);
 otherwise it deletes whatever a previous attempt left under the prefix (except `spec.json`),
@@ -32,6 +33,12 @@ returns counts, skipped files with reasons, and the pixel sum for the mean image
 writes `labels.txt`, `mean.npy` (float32 [H, W, C]), `mean.png`, `events.jsonl` and, last,
 `stats.json`: the completion marker, so a failed or killed run leaves nothing that looks
 complete. Progress, `stats` and `done` events go to stdout as `KDIGITS_EVENT` lines.
+
+Scaling: the tasks are spread over every CPU of the Ray cluster, and each reads its images
+itself (S3, or a folder that every node mounts at the same path) and writes its shard itself,
+so the driver only lists and adds up counts. Worker processes are started (and their imports
+done) before the clock starts; `stats.json` `timing` reports that start-up separately from
+`processSeconds`, the time from the start of listing to the last shard written.
 
 Exit status: 0 built (or already built); 2 a bad source or spec (the message says which field
 and why, after a `done` event with phase Failed); 1 anything else.
@@ -297,10 +304,7 @@ def warm_worker(store_url: str, reader: Reader) -> int:
 
     Image.init()
     cached_store(store_url)
-    if hasattr(reader, "endpoint"):
-        from jobs.sources import s3_client
-
-        s3_client(reader.endpoint)
+    reader.warm()
     time.sleep(0.05)  # hold the worker so that each warm-up task lands on its own worker
     return os.getpid()
 

@@ -68,6 +68,9 @@ class Listing:
 class Reader(Protocol):
     def read(self, location: str) -> bytes: ...
 
+    def warm(self) -> None:
+        """Make whatever the first read would otherwise make (clients, connections)."""
+
 
 @dataclass(frozen=True)
 class FileReader:
@@ -77,6 +80,9 @@ class FileReader:
 
     def read(self, location: str) -> bytes:
         return read_image_file(location, self.limits)
+
+    def warm(self) -> None:
+        return None
 
 
 _S3_CLIENTS: dict[tuple[str | None, str | None], Any] = {}
@@ -113,6 +119,9 @@ class S3Reader:
     bucket: str
     endpoint: str | None
     limits: DecodeLimits = DEFAULT_LIMITS
+
+    def warm(self) -> None:
+        s3_client(self.endpoint)
 
     def read(self, location: str) -> bytes:
         client = s3_client(self.endpoint)

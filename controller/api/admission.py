@@ -94,6 +94,14 @@ def _network_names() -> frozenset[str] | None:
     return None
 
 
+def warm_up() -> None:
+    """Load the network list ahead of the first request (it imports torch: seconds)."""
+    try:
+        _network_names()
+    except Exception:  # noqa: BLE001 - only a cache warm-up
+        log.exception("could not load the standard network names")
+
+
 def known_network(name: str) -> bool:
     names = _network_names()
     if names is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from controller import __version__
-from controller.api import errors
+from controller.api import admission, errors
 from controller.api.routes import datasets, health, info, models, pretrained
 from controller.metrics import HttpMetricsMiddleware
 from controller.services import Services
@@ -28,6 +29,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if run_reconciler and not services.reconciler.alive:
             services.start()
+            threading.Thread(target=admission.warm_up, name="warm-up", daemon=True).start()
         try:
             yield
         finally:
