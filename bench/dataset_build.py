@@ -2,13 +2,16 @@
 
 Run from the repository root with no arguments: `python bench/dataset_build.py`. It writes
 the 10,000 digits of `../shared/data/mnist10k.npz` (`--mnist` to override) as a PNG folder
-tree (`train/<digit>/*.png`), measures a plain single-process PIL decode-and-resize of the same
-files (the reference: list, open, convert, resize, to numpy), starts a private local Ray head,
-submits `python -m jobs.build_dataset` through the Ray Jobs API exactly as the controller does,
-and reads the job's own timing from `stats.json`: images per second over listing-to-last-shard.
-Ray start-up, job submission and worker start-up are reported separately. The reference is
-measured before and after the build and the faster run is used (the conservative choice).
+tree (`train/<digit>/*.png`), starts a private local Ray head, and then runs `--rounds`
+rounds (default 3) of: a plain single-process PIL decode-and-resize of the same files (the
+reference: list, open, convert, resize, to numpy), and a build of the dataset submitted as
+`python -m jobs.build_dataset` through the Ray Jobs API exactly as the controller does. The
+job's figure is its own, read from `stats.json`: images per second over listing to last shard
+written. Ray start-up, job submission and worker start-up are reported separately.
 
+The machine is shared, so one run of either side can be slowed by someone else's work: every
+run is printed, and the RESULT compares the best job run with the best reference run (the
+same rule on both sides; the rounds interleave them so that both see the same conditions).
 Last line: `RESULT images_per_s=... reference_images_per_s=... ratio=...`.
 """
 
@@ -29,17 +32,17 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.ray_local import local_ray_head  # noqa: E402
+from controller.ray_local import LocalRayHead, local_ray_head  # noqa: E402
 from jobs.mnist import write_phase  # noqa: E402
 from jobs.specs import DatasetSpec  # noqa: E402
-from jobs.storage import open_store  # noqa: E402
+from jobs.storage import ObjectStore, open_store  # noqa: E402
 
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist10k.npz"
 JOB_TIMEOUT_S = 600.0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="the 10k-digit npz")
     parser.add_argument("--size", default="28x28", help="stored image size WxH (default 28x28)")
     parser.add_argument("--channels", type=int, default=1, choices=(1, 3), help="default 1")
@@ -52,10 +55,9 @@ def parse_args() -> argparse.Namespace:
         choices=("none", "png", "jpg"),
         help="shard encoding (default none: raw pixels, no re-encoding, like the reference)",
     )
-    parser.add_argument(
-        "--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the Ray head"
-    )
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="Ray head CPUs")
     parser.add_argument("--chunk-size", type=int, default=0, help="0: the job's automatic size")
+    parser.add_argument("--rounds", type=int, default=3, help="reference + build rounds")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     return parser.parse_args()
 
@@ -68,10 +70,13 @@ def list_images(root: Path) -> list[str]:
     return paths
 
 
-def reference_images_per_s(root: Path, width: int, height: int, channels: int) -> float:
-    """Single process: list, decode, convert, resize (when needed) to numpy, every file."""
+def reference_run(root: Path, width: int, height: int, channels: int) -> tuple[float, float]:
+    """Single process: list, decode, convert, resize (when needed) to numpy, every file.
+
+    Returns (images per second, CPU microseconds per image).
+    """
     mode = "L" if channels == 1 else "RGB"
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     paths = list_images(root)
     for path in paths:
         with Image.open(path) as opened:
@@ -81,7 +86,8 @@ def reference_images_per_s(root: Path, width: int, height: int, channels: int) -
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             np.asarray(image)
-    return len(paths) / (time.perf_counter() - started)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return len(paths) / wall, cpu / len(paths) * 1e6
 
 
 def write_digits(npz: Path, dest: Path) -> int:
@@ -90,16 +96,11 @@ def write_digits(npz: Path, dest: Path) -> int:
     return write_phase(dest, "train", images, labels)
 
 
-def run_job(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[str, float]:
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
+def dataset_spec(args: argparse.Namespace, train_dir: Path) -> DatasetSpec:
     width, height = (int(v) for v in args.size.lower().split("x"))
-    store_url = (work / "store").as_uri()
-    store = open_store(store_url)
-    dataset_id = f"bench-{int(time.time())}"
-    spec = DatasetSpec.model_validate(
+    return DatasetSpec.model_validate(
         {
-            "source": {"folder": {"train": str(data_dir / "train")}},
+            "source": {"folder": {"train": str(train_dir)}},
             "image": {
                 "channels": args.channels,
                 "width": width,
@@ -109,81 +110,109 @@ def run_job(args: argparse.Namespace, work: Path, data_dir: Path) -> dict[str, f
             "encoding": args.encoding,
         }
     )
+
+
+def build_once(
+    head: LocalRayHead, store: ObjectStore, spec: DatasetSpec, work: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """Submit one build through the Jobs API, wait, and return its figures."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    dataset_id = f"bench-{time.time_ns()}"
     store.put_bytes(f"datasets/{dataset_id}/spec.json", json.dumps(spec.to_json_dict()).encode())
-    figures: dict[str, float] = {}
-    started = time.perf_counter()
-    with local_ray_head(num_cpus=args.cpus) as head:
-        figures["ray_start_s"] = time.perf_counter() - started
-        client = JobSubmissionClient(head.dashboard_url)
-        entrypoint = (
-            f"{sys.executable} -m jobs.build_dataset --store {store_url} "
-            f"--dataset-id {dataset_id} --data-roots {work} --chunk-size {args.chunk_size}"
-        )
-        submitted = time.perf_counter()
-        job = client.submit_job(
-            entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}
-        )
+    client = JobSubmissionClient(head.dashboard_url)
+    entrypoint = (
+        f"{sys.executable} -m jobs.build_dataset --store {store.url} "
+        f"--dataset-id {dataset_id} --data-roots {work} --chunk-size {args.chunk_size}"
+    )
+    submitted = time.perf_counter()
+    job = client.submit_job(
+        entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}
+    )
+    status = client.get_job_status(job)
+    while not status.is_terminal():
+        if time.perf_counter() - submitted > JOB_TIMEOUT_S:
+            client.stop_job(job)
+            raise TimeoutError(f"the build job did not finish in {JOB_TIMEOUT_S:.0f}s")
+        time.sleep(0.25)
         status = client.get_job_status(job)
-        while not status.is_terminal():
-            if time.perf_counter() - submitted > JOB_TIMEOUT_S:
-                client.stop_job(job)
-                raise TimeoutError(f"the build job did not finish in {JOB_TIMEOUT_S:.0f}s")
-            time.sleep(0.25)
-            status = client.get_job_status(job)
-        figures["submit_to_done_s"] = time.perf_counter() - submitted
-        if status != JobStatus.SUCCEEDED:
-            raise RuntimeError(f"build job {status}:\n{client.get_job_logs(job)[-4000:]}")
+    submit_to_done = time.perf_counter() - submitted
+    if status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"build job {status}:\n{client.get_job_logs(job)[-4000:]}")
     stats = json.loads(store.get_bytes(f"datasets/{dataset_id}/stats.json"))
     timing = stats["timing"]
-    figures.update(
-        images=float(sum(stats["images"].values())),
-        skipped=float(stats["skipped"]["count"]),
-        tasks=float(stats["chunks"]["tasks"]),
-        chunk_size=float(stats["chunks"]["largest"]),
-        job_total_s=timing["totalSeconds"],
-        worker_start_s=timing["workerStartSeconds"],
-        list_s=timing["listSeconds"],
-        process_s=timing["processSeconds"],
-        task_cpu_s=timing["taskSeconds"],
-        images_per_s=timing["imagesPerSecond"],
+    return {
+        "submit_to_done_s": submit_to_done,
+        "images": float(sum(stats["images"].values())),
+        "skipped": float(stats["skipped"]["count"]),
+        "tasks": float(stats["chunks"]["tasks"]),
+        "chunk_size": float(stats["chunks"]["largest"]),
+        "job_total_s": timing["totalSeconds"],
+        "ray_init_s": timing["rayInitSeconds"],
+        "worker_start_s": timing["workerStartSeconds"],
+        "list_s": timing["listSeconds"],
+        "process_s": timing["processSeconds"],
+        "task_s": timing["taskSeconds"],
+        "task_cpu_us": timing["taskCpuSeconds"] / max(1.0, sum(stats["images"].values())) * 1e6,
+        "images_per_s": timing["imagesPerSecond"],
+    }
+
+
+def report_build(index: int, run: dict[str, float], cpus: int) -> None:
+    busy = run["task_s"] / (run["process_s"] * cpus)
+    print(
+        f"build {index}: {run['images_per_s']:.0f} images/s ({run['images']:.0f} images, "
+        f"{run['skipped']:.0f} skipped, {run['tasks']:.0f} tasks of up to "
+        f"{run['chunk_size']:.0f}); listing {run['list_s']:.3f}s, listing to last shard "
+        f"{run['process_s']:.3f}s, task time / ({cpus} CPUs x that) {busy:.2f}, "
+        f"{run['task_cpu_us']:.0f} CPU us/image in the tasks"
     )
-    return figures
+    print(
+        f"         overheads outside that: submit to done {run['submit_to_done_s']:.2f}s, "
+        f"driver total {run['job_total_s']:.2f}s, ray.init {run['ray_init_s']:.2f}s, "
+        f"worker start-up {run['worker_start_s']:.2f}s"
+    )
 
 
 def main() -> int:
     args = parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="kdigits-bench-"))
-    work = work.resolve()
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="kdigits-bench-"))).resolve()
     data_dir = work / "mnist"
+    references: list[float] = []
+    builds: list[dict[str, float]] = []
     try:
         written = write_digits(args.mnist, data_dir)
         print(f"wrote {written} PNG digits under {data_dir / 'train'}")
-        refs = [reference_images_per_s(data_dir / "train", width, height, args.channels)]
-        refs.append(reference_images_per_s(data_dir / "train", width, height, args.channels))
-        figures = run_job(args, work, data_dir)
-        refs.append(reference_images_per_s(data_dir / "train", width, height, args.channels))
+        spec = dataset_spec(args, data_dir / "train")
+        store = open_store((work / "store").as_uri())
+        started = time.perf_counter()
+        with local_ray_head(num_cpus=args.cpus) as head:
+            print(f"Ray head ({args.cpus} CPUs) started in {time.perf_counter() - started:.2f}s")
+            for index in range(1, args.rounds + 1):
+                ref, ref_cpu = reference_run(data_dir / "train", width, height, args.channels)
+                references.append(ref)
+                load = os.getloadavg()[0]
+                print(
+                    f"reference {index}: {ref:.0f} images/s, {ref_cpu:.0f} CPU us/image "
+                    f"(load average {load:.1f})"
+                )
+                builds.append(build_once(head, store, spec, work, args))
+                report_build(index, builds[-1], args.cpus)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    reference = max(refs)
-    print(f"reference runs (images/s): {', '.join(f'{r:.0f}' for r in refs)}")
+    best = max(run["images_per_s"] for run in builds)
+    reference = max(references)
+    rates = sorted(run["images_per_s"] for run in builds)
+    median_ratio = rates[len(rates) // 2] / sorted(references)[len(references) // 2]
     print(
-        f"Ray head start {figures['ray_start_s']:.2f}s; submit to done "
-        f"{figures['submit_to_done_s']:.2f}s; driver total {figures['job_total_s']:.2f}s, of "
-        f"which worker start-up {figures['worker_start_s']:.2f}s"
+        f"median build / median reference: {median_ratio:.2f}; machine load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    busy = figures["task_cpu_s"] / (figures["process_s"] * args.cpus)
     print(
-        f"job: {figures['images']:.0f} images ({figures['skipped']:.0f} skipped) in "
-        f"{figures['tasks']:.0f} tasks of up to {figures['chunk_size']:.0f}; listing "
-        f"{figures['list_s']:.3f}s; listing to last shard {figures['process_s']:.3f}s; "
-        f"task time / ({args.cpus} CPUs x wall) = {busy:.2f}"
-    )
-    ratio = figures["images_per_s"] / reference
-    print(
-        f"RESULT images_per_s={figures['images_per_s']:.0f} "
-        f"reference_images_per_s={reference:.0f} ratio={ratio:.2f}"
+        f"RESULT images_per_s={best:.0f} reference_images_per_s={reference:.0f} "
+        f"ratio={best / reference:.2f}"
     )
     return 0
 

@@ -6,8 +6,9 @@ through the Ray Jobs API, 25% validation), and LeNet is trained with DIGITS' def
 lr 0.01, step policy, 30 epochs, batch 64) by `python -m jobs.train` through the Jobs API on a
 private local Ray head. The job's images/s are the `images_per_second` events it reports for
 its training epochs (total images over total epoch time); the reference is a plain loop in
-this process on the same decoded shards, with the same thread count. Prints the losses and
-accuracies as the job goes and ends with
+this process on the same decoded shards, with the same thread count, half of its epochs run
+before the job and half after (both with the Ray head up), so drifting background load weighs
+on both alike. Prints the losses and accuracies as the job goes and ends with
 
     RESULT val_accuracy=... images_per_s=... reference_images_per_s=... ratio=...
 
@@ -38,13 +39,15 @@ sys.path.insert(0, str(REPO))
 from controller.ray_local import local_ray_head  # noqa: E402
 from jobs import layout  # noqa: E402
 from jobs.data import load_split, read_dataset_info, read_mean  # noqa: E402
-from jobs.events import Event, parse_jsonl, parse_lines  # noqa: E402
-from jobs.networks import build_network, default_batch_size, training_loss  # noqa: E402
+from jobs.events import Event, parse_jsonl  # noqa: E402
+from jobs.networks import build_network, default_batch_size, network_defaults, training_loss  # noqa: E402
 from jobs.shards import write_shard  # noqa: E402
 from jobs.specs import ModelSpec, NetworkSpec  # noqa: E402
 from jobs.storage import LocalStore, ObjectStore  # noqa: E402
 
 DEFAULT_NPZ = REPO.parent / "shared" / "data" / "mnist10k.npz"
+if not DEFAULT_NPZ.exists():  # elsewhere (a GPU machine): the product's own copy
+    DEFAULT_NPZ = REPO / "jobs" / "data" / "mnist10k.npz"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -100,7 +103,7 @@ def build_mnist_dataset(client: Any, store: ObjectStore, workdir: Path, npz: Pat
     )
     started = time.perf_counter()
     sid = client.submit_job(entrypoint=entrypoint, runtime_env=_runtime_env())
-    status = _wait(client, sid, lambda event: None)
+    status = _wait(client, sid)
     if status != "SUCCEEDED":
         raise SystemExit(f"dataset job {status}:\n{client.get_job_logs(sid)[-3000:]}")
     stats = json.loads(store.get_bytes(f"{prefix}stats.json"))
@@ -142,14 +145,26 @@ def _runtime_env() -> dict[str, Any]:
     return {"env_vars": {"PYTHONPATH": str(REPO)}}
 
 
-def _wait(client: Any, sid: str, on_event: Any, poll: float = 2.0) -> str:
+def _wait(
+    client: Any,
+    sid: str,
+    store: ObjectStore | None = None,
+    events_key: str = "",
+    poll: float = 3.0,
+) -> str:
+    """Wait for the job; print the events it stores (events.jsonl, rewritten every epoch).
+
+    Reading the store rather than fetching the whole job log keeps the benchmark's own CPU
+    use negligible while the job trains on the same cores.
+    """
     seen = 0
     while True:
         status = str(client.get_job_status(sid).value)
-        events = list(parse_lines(client.get_job_logs(sid).splitlines()))
-        for event in events[seen:]:
-            on_event(event)
-        seen = len(events)
+        if store is not None and store.exists(events_key):
+            events = parse_jsonl(store.get_bytes(events_key))
+            for event in events[seen:]:
+                _print_event(event)
+            seen = len(events)
         if status in TERMINAL:
             return status
         time.sleep(poll)
@@ -157,18 +172,21 @@ def _wait(client: Any, sid: str, on_event: Any, poll: float = 2.0) -> str:
 
 def _print_event(event: Event) -> None:
     if event.get("kind") == "metric" and event.get("split") in ("val", "test"):
-        print(f"  epoch {event['epoch']:6.2f}  {event['split']} {event['name']} {event['value']:.4f}")
+        print(
+            f"  epoch {event['epoch']:6.2f}  {event['split']} {event['name']} {event['value']:.4f}"
+        )
     elif event.get("kind") == "metric" and event.get("name") == "images_per_second":
         print(f"  epoch {event['epoch']:6.2f}  train images/s {event['value']:.0f}")
     elif event.get("kind") == "metric" and event.get("name") == "loss":
-        print(f"  epoch {event['epoch']:6.2f}  train loss {event['value']:.4f}")
+        if float(event["epoch"]).is_integer():  # the last train loss of each epoch
+            print(f"  epoch {event['epoch']:6.2f}  train loss {event['value']:.4f}")
     elif event.get("kind") == "done":
         print(f"  done: {event.get('phase')} {event.get('message')}")
     sys.stdout.flush()
 
 
 def train_job(
-    client: Any, store: ObjectStore, dataset_id: str, args: argparse.Namespace
+    client: Any, store: ObjectStore, dataset_id: str, args: argparse.Namespace, ray_storage: Path
 ) -> list[Event]:
     spec = ModelSpec.model_validate(
         {
@@ -193,11 +211,12 @@ def train_job(
     )
     entrypoint = (
         f"{sys.executable} -m jobs.train --store {store.url} --model-id {model_id} "
-        f"--dataset-id {dataset_id}"
+        f"--dataset-id {dataset_id} --ray-storage {ray_storage}"
     )
     started = time.perf_counter()
     sid = client.submit_job(entrypoint=entrypoint, runtime_env=_runtime_env())
-    status = _wait(client, sid, _print_event)
+    key = f"{layout.model_prefix(model_id)}events.jsonl"
+    status = _wait(client, sid, store, key)
     print(f"training job {status} in {time.perf_counter() - started:.1f}s", flush=True)
     if status != "SUCCEEDED":
         raise SystemExit(f"training job {status}:\n{client.get_job_logs(sid)[-3000:]}")
@@ -213,61 +232,95 @@ def job_images_per_second(events: list[Event]) -> float:
 # --------------------------------------------------------------------------- the reference
 
 
-def reference_loop(
-    store: ObjectStore, dataset_id: str, args: argparse.Namespace, epochs: int
-) -> tuple[float, float]:
-    """A plain PyTorch loop: same network, data, batch and solver. (images/s, val accuracy)"""
-    torch.set_num_threads(args.cpus)
-    device = torch.device("cuda" if args.gpu else "cpu")
-    torch.backends.cudnn.benchmark = True
-    info = read_dataset_info(store, dataset_id)
-    train_x, train_y = (torch.from_numpy(a).to(device) for a in load_split(store, info.splits["train"]))
-    val_x, val_y = (torch.from_numpy(a).to(device) for a in load_split(store, info.splits["val"]))
-    mean_hwc = read_mean(store, dataset_id)
-    assert mean_hwc is not None
-    mean = torch.from_numpy(mean_hwc).permute(2, 0, 1).to(device)
-    network = NetworkSpec(standard=args.network)
-    batch = args.batch_size or default_batch_size(network)
-    torch.manual_seed(1)
-    model = build_network(network, info.channels, info.height, info.width, len(info.labels))
-    model.to(device)
-    spec = ModelSpec.model_validate({"dataset": "x", "network": {"standard": args.network}})
-    solver = spec.solver
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=solver.base_lr, momentum=solver.momentum,
-        weight_decay=solver.weight_decay,
-    )  # fmt: skip
-    steps = epochs * math.ceil(len(train_y) / batch)
-    step_every = max(1, round(steps * solver.lr_policy.step_size / 100))
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_every, gamma=0.1)
-    amp = args.gpu and args.mixed_precision
-    seconds, seen = 0.0, 0
-    for _ in range(epochs):
-        model.train()
-        if args.gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        order = torch.randperm(len(train_y), device=device)
-        for i in range(0, len(order), batch):
-            index = order[i : i + batch]
-            inputs = train_x[index].float() - mean
-            with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-                loss, _ = training_loss(model(inputs), train_y[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        if args.gpu:
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
-        seen += len(order)
-    model.eval()
-    correct = 0
-    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=amp):
-        for i in range(0, len(val_y), 500):
-            logits = model(val_x[i : i + 500].float() - mean)
-            correct += int((logits.argmax(1) == val_y[i : i + 500]).sum())
-    return seen / seconds, correct / len(val_y)
+class ReferenceLoop:
+    """A plain PyTorch loop: same network, decoded data, batch and solver as the job.
+
+    SGD with the job's defaults (lr 0.01, momentum 0.9, weight decay 1e-4, the network's bias
+    multipliers: twice the rate for DIGITS' LeNet), the rate divided by 10 at each third of
+    training, the mean image subtracted. `run(epochs)` may be called more than once: it
+    continues the same model.
+    """
+
+    def __init__(
+        self, store: ObjectStore, dataset_id: str, args: argparse.Namespace, epochs: int
+    ) -> None:
+        torch.set_num_threads(args.cpus)
+        torch.backends.cudnn.benchmark = True
+        self.gpu = args.gpu
+        self.amp = args.gpu and args.mixed_precision
+        self.device = device = torch.device("cuda" if args.gpu else "cpu")
+        info = read_dataset_info(store, dataset_id)
+        train = load_split(store, info.splits["train"])
+        val = load_split(store, info.splits["val"])
+        self.train_x, self.train_y = (torch.from_numpy(a).to(device) for a in train)
+        self.val_x, self.val_y = (torch.from_numpy(a).to(device) for a in val)
+        mean_hwc = read_mean(store, dataset_id)
+        assert mean_hwc is not None
+        self.mean = torch.from_numpy(mean_hwc).permute(2, 0, 1).contiguous().to(device)
+        network = NetworkSpec(standard=args.network)
+        self.batch = args.batch_size or default_batch_size(network)
+        torch.manual_seed(1)
+        self.model = build_network(
+            network, info.channels, info.height, info.width, len(info.labels)
+        ).to(device)
+        solver = ModelSpec.model_validate(
+            {"dataset": "x", "network": network.to_json_dict()}
+        ).solver
+        defaults = network_defaults(network)  # DIGITS' bias lr_mult / decay_mult
+        named = list(self.model.named_parameters())
+        groups: list[dict[str, Any]] = [
+            {"params": [p for n, p in named if not n.endswith("bias")]},
+            {
+                "params": [p for n, p in named if n.endswith("bias")],
+                "lr": defaults.bias_lr_mult * solver.base_lr,
+                "weight_decay": defaults.bias_decay_mult * solver.weight_decay,
+            },
+        ]
+        self.optimizer = torch.optim.SGD(
+            groups,
+            lr=solver.base_lr,
+            momentum=solver.momentum,
+            weight_decay=solver.weight_decay,
+        )
+        steps = epochs * math.ceil(len(self.train_y) / self.batch)
+        step_every = max(1, round(steps * solver.lr_policy.step_size / 100))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_every, gamma=0.1)
+        self.seconds, self.images = 0.0, 0
+
+    def run(self, epochs: int) -> None:
+        model, batch = self.model, self.batch
+        for _ in range(epochs):
+            model.train()
+            if self.gpu:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            order = torch.randperm(len(self.train_y), device=self.device)
+            for i in range(0, len(order), batch):
+                index = order[i : i + batch]
+                inputs = self.train_x[index].float() - self.mean
+                with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+                    loss, _ = training_loss(model(inputs), self.train_y[index])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+            if self.gpu:
+                torch.cuda.synchronize()
+            self.seconds += time.perf_counter() - start
+            self.images += len(order)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+    def accuracy(self) -> float:
+        self.model.eval()
+        correct = 0
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+            for i in range(0, len(self.val_y), 500):
+                logits = self.model(self.val_x[i : i + 500].float() - self.mean)
+                correct += int((logits.argmax(1) == self.val_y[i : i + 500]).sum())
+        return correct / len(self.val_y)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -282,20 +335,29 @@ def main(args: argparse.Namespace) -> int:
                 dataset_id = write_synthetic_dataset(store, args.synthetic, args.images)
             else:
                 dataset_id = build_mnist_dataset(client, store, workdir, Path(args.npz))
-            print(f"training {args.network} for {args.epochs} epochs through jobs.train", flush=True)
-            events = train_job(client, store, dataset_id, args)
-        val = [e["value"] for e in events if e.get("name") == "accuracy" and e.get("split") == "val"]
+            # The plain loop runs half its epochs before the job and half after, with the
+            # head up both times, so a change in background load weighs on both alike.
+            epochs = args.reference_epochs or args.epochs
+            reference = ReferenceLoop(store, dataset_id, args, epochs)
+            print(f"reference: plain PyTorch loop, {epochs // 2} of {epochs} epochs", flush=True)
+            reference.run(epochs // 2)
+            print(f"  reference images/s {reference.images_per_second:.0f}", flush=True)
+            print(f"training {args.network} for {args.epochs} epochs through jobs.train")
+            events = train_job(client, store, dataset_id, args, workdir / "ray")
+            print(f"reference: the other {epochs - epochs // 2} epochs", flush=True)
+            reference.run(epochs - epochs // 2)
+        val = [
+            e["value"] for e in events if e.get("name") == "accuracy" and e.get("split") == "val"
+        ]
         images_per_s = job_images_per_second(events)
-        epochs = args.reference_epochs or args.epochs
-        print(f"reference: plain PyTorch loop, {epochs} epochs", flush=True)
-        reference, reference_accuracy = reference_loop(store, dataset_id, args, epochs)
-        print(f"  reference images/s {reference:.0f}, val accuracy {reference_accuracy:.4f}")
+        reference_ips = reference.images_per_second
+        print(f"  reference images/s {reference_ips:.0f}, val accuracy {reference.accuracy():.4f}")
         print(f"job: val accuracy {100 * val[-1]:.2f}%, {images_per_s:.0f} images/s")
-        ratio = images_per_s / reference
+        ratio = images_per_s / reference_ips
         case = f"case={args.label} " if args.label else ""
         print(
             f"RESULT {case}val_accuracy={100 * val[-1]:.2f} images_per_s={images_per_s:.0f} "
-            f"reference_images_per_s={reference:.0f} ratio={ratio:.3f}",
+            f"reference_images_per_s={reference_ips:.0f} ratio={ratio:.3f}",
             flush=True,
         )
     finally:

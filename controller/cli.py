@@ -53,8 +53,14 @@ def _row(obj: dict[str, Any]) -> list[str]:
     else:
         images = status.get("images") or {}
         extra = ", ".join(f"{k} {v}" for k, v in images.items()) or "-"
-    return [obj["metadata"]["name"], phase, progress, extra, _age(obj["metadata"].get(
-        "creationTimestamp")), note[:60]]
+    return [
+        obj["metadata"]["name"],
+        phase,
+        progress,
+        extra,
+        _age(obj["metadata"].get("creationTimestamp")),
+        note[:60],
+    ]
 
 
 def print_table(items: list[dict[str, Any]]) -> None:
@@ -62,7 +68,9 @@ def print_table(items: list[dict[str, Any]]) -> None:
     rows = [header] + [_row(o) for o in items]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def emit(obj: Any, output: str) -> None:
@@ -225,8 +233,10 @@ def summary(client: ApiClient, obj: dict[str, Any]) -> str:
         lines.append(f"  message: {status['message']}")
     if obj["kind"] == "Dataset" and status.get("images"):
         images = ", ".join(f"{k} {v}" for k, v in status["images"].items())
-        lines.append(f"  images: {images}; classes: {status.get('classes')}; "
-                     f"skipped: {status.get('skipped') or 0}")
+        lines.append(
+            f"  images: {images}; classes: {status.get('classes')}; "
+            f"skipped: {status.get('skipped') or 0}"
+        )
     if obj["kind"] == "Model":
         metrics = status.get("metrics") or {}
         lines.append(f"  epoch: {status.get('epoch', 0):g}")
@@ -238,7 +248,7 @@ def summary(client: ApiClient, obj: dict[str, Any]) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from controller.serve import main as serve_main
 
-    return serve_main(args.host, args.port)
+    return serve_main(args.host, args.port, kubernetes=args.kubernetes)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -276,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API, the reconciler and a local Ray head")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="cluster mode: custom resources, the kopf operator, Kubernetes RBAC on REST "
+        "(also KDIGITS_KUBERNETES=true)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the whole DIGITS flow on MNIST, locally")

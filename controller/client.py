@@ -48,10 +48,10 @@ class ApiClient:
     # ------------------------------------------------------------------ resources
 
     def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/{plural}", json=body).json()  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/{plural}", json=body).json()
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/v1/{plural}/{name}").json()  # type: ignore[no-any-return]
+        return self.request("GET", f"/api/v1/{plural}/{name}").json()
 
     def list(self, plural: str, group: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -69,10 +69,10 @@ class ApiClient:
                 return items
 
     def delete(self, plural: str, name: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/api/v1/{plural}/{name}").json()  # type: ignore[no-any-return]
+        return self.request("DELETE", f"/api/v1/{plural}/{name}").json()
 
     def abort(self, plural: str, name: str) -> dict[str, Any]:
-        return self.request("POST", f"/api/v1/{plural}/{name}/abort").json()  # type: ignore[no-any-return]
+        return self.request("POST", f"/api/v1/{plural}/{name}/abort").json()
 
     def sub(self, plural: str, name: str, what: str) -> Any:
         return self.request("GET", f"/api/v1/{plural}/{name}/{what}").json()

@@ -11,6 +11,7 @@ KDIGITS_HOME, so a later `kdigits serve` shows it again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,11 +68,9 @@ def start_server(settings: Settings, port: int) -> tuple[subprocess.Popen[bytes]
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"kdigits serve exited with {process.returncode}; see {log_path}")
-        try:
+        with contextlib.suppress(Exception):  # not up yet
             if client.http.get("/readyz", timeout=2).status_code == 200:
                 return process, url
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
         time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     raise RuntimeError(f"kdigits serve was not ready in {READY_TIMEOUT_S}s; see {log_path}")
@@ -128,9 +127,7 @@ def ensure_dataset(client: ApiClient, mnist: Path) -> dict[str, Any]:
     return client.create("datasets", body)
 
 
-def run_demo(
-    epochs: int = 3, keep: bool = False, port: int = 5000, download: bool = False
-) -> int:
+def run_demo(epochs: int = 3, keep: bool = False, port: int = 5000, download: bool = False) -> int:
     started = time.monotonic()
     settings = Settings()
     url = os.environ.get("KDIGITS_URL") or f"http://127.0.0.1:{port}"
@@ -186,10 +183,8 @@ def run_demo(
         print(f"  stored in {settings.home_dir} (run `kdigits serve` to see it again)")
         if keep and process is not None:
             print(f"\nserving at {url}; Ctrl-C to stop", flush=True)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 process.wait()
-            except KeyboardInterrupt:
-                pass
         return 0
     finally:
         if process is not None:

@@ -8,6 +8,7 @@ with the route template (not the raw path) as the label.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -193,10 +194,8 @@ class Metrics:
 
 
 def _remove(metric: Gauge, *labels: str) -> None:
-    try:
+    with contextlib.suppress(KeyError):
         metric.remove(*labels)
-    except KeyError:
-        pass
 
 
 class HttpMetricsMiddleware:
@@ -225,6 +224,4 @@ class HttpMetricsMiddleware:
             path = getattr(route, "path", None) or "unmatched"
             labels = (scope.get("method", ""), path, str(status["code"]))
             self.metrics.http_requests.labels(*labels).inc()
-            self.metrics.http_request_duration.labels(*labels).observe(
-                time.perf_counter() - start
-            )
+            self.metrics.http_request_duration.labels(*labels).observe(time.perf_counter() - start)

@@ -24,7 +24,9 @@ class Demand:
 def demand(obj: Resource) -> Demand:
     if isinstance(obj, Model):
         res = obj.spec.resources
-        return Demand(cpus=res.workers * res.cpus_per_worker, gpus=res.workers * res.gpus_per_worker)
+        return Demand(
+            cpus=res.workers * res.cpus_per_worker, gpus=res.workers * res.gpus_per_worker
+        )
     if isinstance(obj, Dataset):
         return Demand(cpus=DATASET_CPUS)
     return Demand()

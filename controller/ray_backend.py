@@ -8,6 +8,7 @@ twice. Logs are read incrementally by character offset.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -141,10 +142,8 @@ class RayBackend:
         if not info.terminal:
             self.stop(sid)
             return  # deleted on a later pass, once Ray reports it stopped
-        try:
+        with contextlib.suppress(LookupError):
             self._call("delete_job", sid)
-        except LookupError:
-            pass
 
     def logs(self, sid: str, offset: int = 0) -> tuple[str, int]:
         """Log text after `offset` characters and the new offset ("" when unknown)."""
@@ -179,7 +178,7 @@ class RayBackend:
             used, whole = float(pair[0]), float(pair[1])
             total[name] = whole
             available[name] = max(0.0, whole - used)
-        if not total:
+        if "CPU" not in total:  # the autoscaler's first report is not there yet
             total, available = self._node_totals()
         return Resources(total=total, available=available)
 

@@ -107,7 +107,14 @@ class LocalRayHead:
             args.append(f"--num-cpus={self.num_cpus}")
         if self.num_gpus is not None:
             args.append(f"--num-gpus={self.num_gpus}")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray >= 2.5x drains a node on SIGTERM, waiting (30 s by default) for leases that
+            # a private head's finished jobs may never return: nothing to drain here.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            **self.env,
+        }
         env.pop("RAY_ADDRESS", None)
         self.log_path = self.temp_dir / "ray-start.log"
         with self.log_path.open("wb") as log:
@@ -177,7 +184,6 @@ class LocalRayHead:
             if marker in cmdline:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(proc.name), signal.SIGKILL)
-
 
     # -------------------------------------------------------------- surviving a crash
 

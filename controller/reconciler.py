@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 ABORT_ANNOTATION = "kdigits.io/abort-requested"
 BAD_INPUT_EXIT_CODE = 2  # a job exiting 2 rejected its input: retrying cannot help
 RESOURCES_TTL_S = 10.0
+LOG_BYTES_PER_S = 2_000_000  # a 2 MB log is read at most once a second
 
 
 def now() -> datetime:
@@ -86,7 +87,7 @@ def _set_ready_condition(status: JobStatus) -> None:
     changed = old is None or old.status != value
     cond = Condition(
         type="Ready",
-        status=value,  # type: ignore[arg-type]
+        status=value,
         reason=phase.value,
         message=message,
         last_transition_time=now() if changed else old.last_transition_time,  # type: ignore[union-attr]
@@ -120,6 +121,8 @@ class Reconciler:
         self._resources: tuple[float, dict[str, float], dict[str, float]] | None = None
         self.passes = 0
         self.last_error: str | None = None
+        # Which waiting objects may start; cluster mode starts only admitted ones (operator).
+        self.admitted: Callable[[Resource], bool] = lambda _obj: True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,9 +231,12 @@ class Reconciler:
             self._ray_submit(obj)
             return
         tail = self._tail(sid)
-        text, tail.offset = self.backend.logs(sid, tail.offset)
-        for event in tail.feed(text, final=info.terminal):
-            self._observe(obj, event)
+        if info.terminal or time.monotonic() >= tail.next_read:
+            # The Jobs API returns the whole log: read big logs less often.
+            text, tail.offset = self.backend.logs(sid, tail.offset)
+            tail.next_read = time.monotonic() + tail.offset / LOG_BYTES_PER_S
+            for event in tail.feed(text, final=info.terminal):
+                self._observe(obj, event)
         self._overlay(obj, tail, status)
         if not info.terminal:
             if aborting:
@@ -354,7 +360,7 @@ class Reconciler:
                 continue
             if status.phase == Phase.RUNNING:
                 capacity.add(demand(obj))
-            elif status.phase in (Phase.PENDING, Phase.QUEUED):
+            elif status.phase in (Phase.PENDING, Phase.QUEUED) and self.admitted(obj):
                 waiting.append(obj)
         by_name = {(d.metadata.namespace, d.metadata.name): d for d in datasets}
         for obj in sorted(waiting, key=order_key):
@@ -401,12 +407,12 @@ class Reconciler:
         if phase != Phase.SUCCEEDED:
             return "wait", f'dataset "{name}" to succeed (it is {phase.value})'
         network = model.spec.network
-        if network.custom is not None and network.custom.python is not None:
-            if not self.settings.allow_custom_python:
-                return "fail", (
-                    "spec.network.custom.python: custom Python networks are disabled "
-                    "(set KDIGITS_ALLOW_CUSTOM_PYTHON)"
-                )
+        custom_python = network.custom is not None and network.custom.python is not None
+        if custom_python and not self.settings.allow_custom_python:
+            return "fail", (
+                "spec.network.custom.python: custom Python networks are disabled "
+                "(set KDIGITS_ALLOW_CUSTOM_PYTHON)"
+            )
         try:
             self.init_from(model)
         except _Wait as wait:
@@ -423,7 +429,9 @@ class Reconciler:
             try:
                 prev = self.store.get("Model", ref.model, ns)
             except NotFound:
-                raise _Fail(f'spec.network.previous.model: model "{ref.model}" does not exist')
+                raise _Fail(
+                    f'spec.network.previous.model: model "{ref.model}" does not exist'
+                ) from None
             assert isinstance(prev, Model)
             snaps = prev.status.snapshots
             if ref.epoch is not None:
@@ -439,7 +447,7 @@ class Reconciler:
                 pre = self.store.get("PretrainedModel", network.pretrained.name, ns)
             except NotFound:
                 name = network.pretrained.name
-                raise _Fail(f'spec.network.pretrained.name: "{name}" does not exist')
+                raise _Fail(f'spec.network.pretrained.name: "{name}" does not exist') from None
             return layout.pretrained_prefix(str(pre.metadata.uid))
         return None
 
@@ -600,4 +608,3 @@ def _failure_summary(ray_message: str, last_lines: list[str]) -> str:
     tail = " | ".join(line.strip() for line in lines[-3:])
     first = (ray_message or "the job failed").split("\n")[0].split(", last available logs")[0]
     return f"{first}: {tail}"[:2000] if tail else first[:2000]
-

@@ -65,9 +65,7 @@ def ray_head(settings: Settings) -> Iterator[str]:
     try:
         if head is None:
             log.info("starting a local Ray head on 127.0.0.1")
-            head = LocalRayHead(
-                num_cpus=settings.local_ray_cpus, num_gpus=settings.local_ray_gpus
-            )
+            head = LocalRayHead(num_cpus=settings.local_ray_cpus, num_gpus=settings.local_ray_gpus)
             head.start()
             head.save(record)
         yield head.dashboard_url
@@ -89,7 +87,7 @@ def serve(host: str = "127.0.0.1", port: int = 5000, settings: Settings | None =
     from controller.services import Services
 
     settings = settings or Settings()
-    if host not in LOOPBACK_HOSTS and not settings.token:
+    if host not in LOOPBACK_HOSTS and not settings.token and not settings.kubernetes:
         raise ServeError(
             f"refusing to serve on {host} without KDIGITS_TOKEN: set a token, or bind 127.0.0.1"
         )
@@ -99,7 +97,12 @@ def serve(host: str = "127.0.0.1", port: int = 5000, settings: Settings | None =
     try:
         with home_lock(settings.home_dir), ray_head(settings) as address:
             settings.ray_address = address
-            services = Services.build(settings)
+            if settings.kubernetes:  # cluster mode: CRs, kopf, TokenReview/SubjectAccessReview
+                from controller.operator.cluster import build_services
+
+                services = build_services(settings)
+            else:
+                services = Services.build(settings)
             app = create_app(services=services, bind_host=host)
             print(f"kdigits serving on http://{host}:{port} (Ray at {address})", flush=True)
             config = uvicorn.Config(
@@ -117,13 +120,15 @@ def serve(host: str = "127.0.0.1", port: int = 5000, settings: Settings | None =
     return 0
 
 
-def main(host: str, port: int) -> int:
+def main(host: str, port: int, kubernetes: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return serve(host, port)
+        return serve(host, port, Settings(kubernetes=True) if kubernetes else None)
     except ServeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SystemExit as exit_:
-        return 0 if exit_.code in (128 + signal.SIGTERM, 128 + signal.SIGINT) else int(exit_.code or 0)
+        return (
+            0 if exit_.code in (128 + signal.SIGTERM, 128 + signal.SIGINT) else int(exit_.code or 0)
+        )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from controller.metrics import Metrics
@@ -17,6 +18,10 @@ from controller.settings import LOOPBACK_HOSTS, Settings
 from controller.store import SQLiteStore, Store
 from jobs.specs import Dataset, Model
 from jobs.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:  # cluster mode only (controller.operator.cluster sets them)
+    from controller.api.k8s_auth import AccessReviewer
+    from controller.operator.runner import Operator
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ class Services:
     metrics: Metrics
     reconciler: Reconciler
     bind_host: str = "127.0.0.1"
+    access: AccessReviewer | None = None  # cluster mode: TokenReview + SubjectAccessReview
+    operator: Operator | None = None  # cluster mode: the kopf operator, run beside the loop
 
     @classmethod
     def build(
@@ -70,8 +77,12 @@ class Services:
 
     def start(self) -> None:
         self.reconciler.start()
+        if self.operator is not None:
+            self.operator.start()
 
     def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
         self.reconciler.stop()
         with contextlib.suppress(Exception):
             self.store.close()

@@ -20,6 +20,7 @@ from jobs.specs import DatasetStatus, ModelStatus, SnapshotStatus
 class AttemptTail:
     submission_id: str
     offset: int = 0
+    next_read: float = 0.0  # time.monotonic() before which the log is not read again
     partial: str = ""
     events: list[Event] = field(default_factory=list)
     progress: float | None = None
@@ -149,7 +150,9 @@ def metric_series(events: list[Event]) -> list[dict[str, Any]]:
             "key": metric_key(name, split),
             "points": [points[e] for e in sorted(points)],
         }
-        for (name, split), points in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+        for (name, split), points in sorted(
+            series.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+        )
     ]
 
 

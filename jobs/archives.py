@@ -118,12 +118,13 @@ class _Tally:
     def file(self, name: str, size: int) -> None:
         if size > self.limits.max_member_bytes:
             raise ArchiveRejected(
-                f"member {name!r}: {size} bytes, more than {self.limits.max_member_bytes}"
+                f"member {name!r}: {size} bytes, more than the "
+                f"{self.limits.max_member_bytes} allowed"
             )
         self.total += size
         if self.total > self.limits.max_total_bytes:
             raise ArchiveRejected(
-                f"archive: more than {self.limits.max_total_bytes} bytes uncompressed"
+                f"archive: more than the {self.limits.max_total_bytes} bytes allowed uncompressed"
             )
         if name in self.files:
             raise ArchiveRejected(f"member {name!r}: appears twice")
@@ -215,6 +216,17 @@ def archive_format(source: IO[bytes]) -> str:
     raise ArchiveRejected("archive: not a tar, tar.gz or zip file")
 
 
+def _check_tar_ratio(source: IO[bytes], total: int, limits: ArchiveLimits) -> None:
+    """A compressed tar whose members add up to far more than its own size: a gzip bomb."""
+    packed = max(1, source.seek(0, io.SEEK_END))
+    source.seek(0)
+    if total > limits.ratio_min_bytes and total / packed > limits.max_ratio:
+        raise ArchiveRejected(
+            f"archive: {packed} bytes unpacking to {total}, compressed {total / packed:.0f} to 1, "
+            f"more than {limits.max_ratio:.0f} to 1 (a compression bomb?)"
+        )
+
+
 def _select(files: dict[str, Member]) -> dict[str, str]:
     """Known file name -> member path: at the top level, or all under one top folder."""
     tops = {name.split("/", 1)[0] for name in files}
@@ -242,6 +254,8 @@ def extract_checked(source: IO[bytes], limits: ArchiveLimits, folder: Path) -> d
     """Scan the whole archive, then extract only the known files under fixed names."""
     fmt = archive_format(source)
     files = scan_tar(source, limits) if fmt == "tar" else scan_zip(source, limits)
+    if fmt == "tar":
+        _check_tar_ratio(source, sum(m.size for m in files.values()), limits)
     chosen = _select(files)
     source.seek(0)
     out: dict[str, Path] = {}
@@ -280,17 +294,25 @@ def load_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
             return dict(load_safetensors(data))
         except (SafetensorError, ValueError) as error:
             raise ArchiveRejected(f"{name}: not a valid safetensors file ({error})") from None
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
+        raise ArchiveRejected(f"{name}: not safetensors or a torch state dict")
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         raise ArchiveRejected(
-            f"{name}: refused, it holds objects other than tensors (torch.load with "
-            f"weights_only=True: {first})"
+            f"{name}: refused, it holds objects other than tensors and plain containers "
+            f"(read with torch.load(weights_only=True): {_refusal(error)})"
         ) from None
     except (RuntimeError, ValueError, EOFError, OSError) as error:
         raise ArchiveRejected(f"{name}: not safetensors or a torch state dict ({error})") from None
     return _state_dict(loaded, name)
+
+
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only message that says what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (useful or lines or ["unsupported content"])[0][:300]
 
 
 def _state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
@@ -328,8 +350,9 @@ def _meta_network(info: NetworkInfo, classes: int, allow_custom_python: bool) ->
 
 def infer_classes(
     info: NetworkInfo, weights: dict[str, torch.Tensor], allow_custom_python: bool
-) -> int:
-    """The class count the weights were trained for: the outputs of the layers that change."""
+) -> int | None:
+    """The class count the weights were made for (the outputs of the layers that depend on
+    it), or None when the weights do not tell (they do not fit this network at all)."""
     probe = _meta_network(info.model_copy(update={"classes": 1}), 1, allow_custom_python)
     sizes = {
         int(weights[k].shape[0])
@@ -337,7 +360,7 @@ def infer_classes(
         if k in weights and weights[k].ndim >= 1 and tuple(weights[k].shape) != tuple(v.shape)
     }
     if len(sizes) > 1:
-        raise ArchiveRejected(f"weights: cannot tell the class count (outputs {sorted(sizes)})")
+        return None
     return sizes.pop() if sizes else 1
 
 
@@ -454,7 +477,9 @@ def import_pretrained_archive(
     """An uploaded archive (a kdigits download, or the same files) as `pretrained/<id>/`."""
     size = len(archive) if isinstance(archive, bytes) else archive.stat().st_size
     if size > limits.max_archive_bytes:
-        raise ArchiveRejected(f"archive: {size} bytes, more than {limits.max_archive_bytes}")
+        raise ArchiveRejected(
+            f"archive: {size} bytes, more than the {limits.max_archive_bytes} allowed"
+        )
     opened: IO[bytes] = io.BytesIO(archive) if isinstance(archive, bytes) else archive.open("rb")
     with opened as source, tempfile.TemporaryDirectory(prefix="kdigits-upload-") as folder:
         found = extract_checked(source, limits, Path(folder))
@@ -562,7 +587,12 @@ def import_pretrained_files(
     )
     state = load_weights(weights, weights_filename or "weights")
     labels = parse_labels(labels_text, limits.max_text_bytes)
-    classes = len(labels) or infer_classes(info, state, allow_custom_python)
+    inferred = infer_classes(info, state, allow_custom_python)
+    classes = inferred or len(labels) or 1
+    if labels and len(labels) != classes:
+        raise ArchiveRejected(
+            f"labels.txt: {len(labels)} labels but the network has {classes} outputs"
+        )
     info = info.model_copy(update={"classes": classes})
     check_weights(info, state, allow_custom_python)
     mean_array = parse_mean(mean, info) if mean else None

@@ -36,9 +36,11 @@ complete. Progress, `stats` and `done` events go to stdout as `KDIGITS_EVENT` li
 
 Scaling: the tasks are spread over every CPU of the Ray cluster, and each reads its images
 itself (S3, or a folder that every node mounts at the same path) and writes its shard itself,
-so the driver only lists and adds up counts. Worker processes are started (and their imports
-done) before the clock starts; `stats.json` `timing` reports that start-up separately from
-`processSeconds`, the time from the start of listing to the last shard written.
+so the driver only lists and adds up counts. The source is listed before Ray is touched (a bad
+source fails at once); then one worker per CPU is started and warmed up (imports, store
+client). `stats.json` `timing` reports `listSeconds`, `rayInitSeconds`, `workerStartSeconds`,
+and `processSeconds`: listing plus the time from handing out the first chunk to the last
+shard written, i.e. listing to last shard without the worker start-up, which is Ray's.
 
 Exit status: 0 built (or already built); 2 a bad source or spec (the message says which field
 and why, after a `done` event with phase Failed); 1 anything else.
@@ -68,7 +70,15 @@ from jobs.images import DEFAULT_LIMITS, DecodeLimits, ImageRejected, decode_imag
 from jobs.layout import SPLITS, dataset_prefix, shard_key
 from jobs.paths import PathNotAllowed, default_roots, parse_roots
 from jobs.shards import write_shard
-from jobs.sources import Entry, Listing, Reader, SourceError, list_source, make_reader
+from jobs.sources import (
+    REASON_UNKNOWN_CLASS,
+    Entry,
+    Listing,
+    Reader,
+    SourceError,
+    list_source,
+    make_reader,
+)
 from jobs.specs import DatasetSpec, SplitSpec
 from jobs.storage import ObjectNotFound, ObjectStore, open_store
 
@@ -79,12 +89,11 @@ MEAN_NPY = "mean.npy"
 MEAN_PNG = "mean.png"
 MIN_CHUNK = 200
 MAX_CHUNK = 2000
-MAX_CHUNK_BYTES = 256 * 1024 * 1024
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # raw pixels held by one task, about twice that at peak
 GUIDED_DIVISOR = 2
 MAX_SKIPPED_LISTED = 1000
 MAX_WARM_WORKERS = 256
 PROGRESS_EVERY_S = 0.5
-REASON_NOT_IN_TRAIN = "not in the training set"
 
 
 class BuildError(Exception):
@@ -170,7 +179,7 @@ def plan_dataset(listing: Listing, split: SplitSpec, seed: int) -> Plan:
         parts["test"] += entries[end_val:]
     for split_name, ignored in sorted(listing.ignored_classes.items()):
         for label, count in sorted(ignored.items()):
-            reason = f"{split_name}: {REASON_NOT_IN_TRAIN}"
+            reason = f"{split_name}: class {REASON_UNKNOWN_CLASS}"
             dropped.append({"label": label, "count": count, "reason": reason})
     if not kept:
         raise BuildError(
@@ -226,7 +235,8 @@ class ChunkTask:
     store_url: str
     key: str
     split: str
-    entries: list[tuple[str, int]]
+    prefix: str  # shared by every location: sent once, not with each entry
+    entries: list[tuple[str, int]]  # (location without the prefix, label)
     width: int
     height: int
     channels: int
@@ -249,8 +259,15 @@ class ChunkResult:
     skipped: list[tuple[str, str]]
     pixel_sum: np.ndarray
     seconds: float
+    cpu_seconds: float
     started: float  # Unix time: the task's own start and end, for the pipeline timeline
     finished: float
+
+
+def shared_prefix(locations: list[str]) -> str:
+    """The longest common prefix of the locations, up to and including a `/`."""
+    common = os.path.commonprefix(locations) if locations else ""
+    return common[: common.rfind("/") + 1]
 
 
 _STORES: dict[str, ObjectStore] = {}
@@ -266,14 +283,15 @@ def cached_store(url: str) -> ObjectStore:
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
     """Read, decode and resize a chunk of images and write its shard; runs in a Ray worker."""
-    started, wall_started = time.perf_counter(), time.time()
+    started, wall_started, cpu_started = time.perf_counter(), time.time(), time.process_time()
     rng = np.random.default_rng(task.seed)
     shape = (task.height, task.width, task.channels)
     images = np.empty((len(task.entries), *shape), dtype=np.uint8)
     labels = np.empty(len(task.entries), dtype=np.int64)
     skipped: list[tuple[str, str]] = []
     count = 0
-    for location, label in task.entries:
+    for suffix, label in task.entries:
+        location = task.prefix + suffix
         try:
             pixels = decode_image(task.reader.read(location), task.channels, task.limits)
             images[count] = resize(pixels, task.width, task.height, task.resize_mode, rng)
@@ -293,6 +311,7 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
         skipped=skipped,
         pixel_sum=images.sum(axis=0, dtype=np.float64),
         seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
         started=wall_started,
         finished=time.time(),
     )
@@ -323,11 +342,13 @@ class Totals:
     shards: dict[str, list[str]] = field(default_factory=dict)
     pixel_sum: np.ndarray | None = None
     task_seconds: float = 0.0
+    task_cpu_seconds: float = 0.0
     first_start: float = math.inf
     last_finish: float = 0.0
 
     def add(self, result: ChunkResult) -> None:
         self.task_seconds += result.seconds
+        self.task_cpu_seconds += result.cpu_seconds
         self.first_start = min(self.first_start, result.started)
         self.last_finish = max(self.last_finish, result.finished)
         self.images[result.split] += result.count
@@ -435,21 +456,7 @@ class DatasetBuild:
         print(f"error: {message}", file=sys.stderr)
 
     def _build(self, spec: DatasetSpec, started: float) -> None:
-        import ray
-
-        t0 = time.perf_counter()
-        if not ray.is_initialized():
-            ray.init(logging_level=logging.WARNING, log_to_driver=True)
-        self.timing["rayInitSeconds"] = time.perf_counter() - t0
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        reader = make_reader(spec.source)
-        t0 = time.perf_counter()
-        warm = ray.remote(num_cpus=1)(warm_worker)
-        workers = min(cpus, MAX_WARM_WORKERS)
-        ray.get([warm.remote(self.store_url, reader) for _ in range(workers)])
-        self.timing["workerStartSeconds"] = time.perf_counter() - t0
-
-        list_started, list_wall = time.perf_counter(), time.time()
+        list_started = time.perf_counter()
         self.events.emit("progress", progress=0.0, eta=None, stage="listing")
         listing = list_source(spec.source, self.roots)
         seed = spec.split.seed if spec.split.seed is not None else derive_seed(self.dataset_id)
@@ -457,19 +464,41 @@ class DatasetBuild:
         if not plan.splits["train"]:
             raise BuildError("source: no training images found")
         self.timing["listSeconds"] = time.perf_counter() - list_started
+
+        reader = make_reader(spec.source)
+        cpus = self._start_workers(reader)
         image = spec.image
-        image_bytes = image.width * image.height * image.channels
-        total = sum(len(entries) for entries in plan.splits.values())
         sizes = {split: len(plan.splits[split]) for split in SPLITS}
+        image_bytes = image.width * image.height * image.channels
         chunks = plan_chunks(sizes, cpus, image_bytes, self.chunk_size)
+        dispatched, dispatched_wall = time.perf_counter(), time.time()
         tasks = self._tasks(spec, plan, reader, chunks)
         totals = Totals(labels=plan.labels, skipped=list(listing.skipped))
-        self._run_tasks(tasks, totals, total, list_started)
-        self.timing["processSeconds"] = time.perf_counter() - list_started
+        self._run_tasks(tasks, totals, sum(sizes.values()), dispatched)
+        self.timing["processSeconds"] = (
+            self.timing["listSeconds"] + time.perf_counter() - dispatched
+        )
         self.timing["taskSeconds"] = totals.task_seconds
-        self.timing["firstTaskStartSeconds"] = totals.first_start - list_wall
-        self.timing["lastTaskEndSeconds"] = totals.last_finish - list_wall
+        self.timing["taskCpuSeconds"] = totals.task_cpu_seconds
+        self.timing["firstTaskStartSeconds"] = totals.first_start - dispatched_wall
+        self.timing["lastTaskEndSeconds"] = totals.last_finish - dispatched_wall
         self._write_outputs(spec, plan, totals, chunks, cpus, started)
+
+    def _start_workers(self, reader: Reader) -> int:
+        """Connect to Ray and start one warm worker per CPU; returns the cluster's CPUs."""
+        import ray
+
+        began = time.perf_counter()
+        if not ray.is_initialized():
+            ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        self.timing["rayInitSeconds"] = time.perf_counter() - began
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        began = time.perf_counter()
+        warm = ray.remote(num_cpus=1)(warm_worker)
+        workers = min(cpus, MAX_WARM_WORKERS)
+        ray.get([warm.remote(self.store_url, reader) for _ in range(workers)])
+        self.timing["workerStartSeconds"] = time.perf_counter() - began
+        return cpus
 
     def _tasks(
         self, spec: DatasetSpec, plan: Plan, reader: Reader, chunks: list[tuple[str, int, int]]
@@ -479,12 +508,15 @@ class DatasetBuild:
         for split, begin, end in chunks:
             index = shard_index[split]
             shard_index[split] += 1
+            part = plan.splits[split][begin:end]
+            prefix = shared_prefix([entry.location for entry in part])
             tasks.append(
                 ChunkTask(
                     store_url=self.store_url,
                     key=shard_key(self.dataset_id, split, index),
                     split=split,
-                    entries=[(e.location, e.label) for e in plan.splits[split][begin:end]],
+                    prefix=prefix,
+                    entries=[(e.location[len(prefix) :], e.label) for e in part],
                     width=spec.image.width,
                     height=spec.image.height,
                     channels=spec.image.channels,
@@ -498,7 +530,7 @@ class DatasetBuild:
         return tasks
 
     def _run_tasks(
-        self, tasks: list[ChunkTask], totals: Totals, total: int, list_started: float
+        self, tasks: list[ChunkTask], totals: Totals, total: int, dispatched: float
     ) -> None:
         import ray
 
@@ -519,7 +551,7 @@ class DatasetBuild:
             now = time.perf_counter()
             if now - last_emit >= PROGRESS_EVERY_S or not (queue or pending):
                 last_emit = now
-                elapsed = now - list_started
+                elapsed = now - dispatched
                 fraction = done_images / total if total else 1.0
                 eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
                 self.events.emit(
@@ -542,7 +574,8 @@ class DatasetBuild:
             raise BuildError("source: no training image could be read (see the skipped files)")
         store, prefix = self.store, self.prefix
         mean = (totals.pixel_sum / totals.images["train"]).astype(np.float32)
-        store.put_bytes(prefix + LABELS_FILE, "".join(f"{name}\n" for name in plan.labels).encode())
+        labels_txt = "".join(f"{name}\n" for name in plan.labels)
+        store.put_bytes(prefix + LABELS_FILE, labels_txt.encode("utf-8", "surrogateescape"))
         store.put_bytes(prefix + MEAN_NPY, npy_bytes(mean))
         store.put_bytes(prefix + MEAN_PNG, mean_png(mean))
         written = sum(totals.images.values())

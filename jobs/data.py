@@ -19,7 +19,6 @@ import json
 import math
 import os
 import struct
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -243,7 +242,6 @@ class StreamingTrain:
         self.split = split
         self.rank = rank
         self.world = world
-        self._lock = threading.Lock()
 
     @property
     def samples_per_rank(self) -> int:

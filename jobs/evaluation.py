@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,40 @@ class ListEntry:
     is_url: bool = False
 
 
+class _Confiner:
+    """jobs.paths.confine for many files: each folder is resolved once, each file checked.
+
+    A file that is not a symlink resolves to its resolved folder plus its name, so only the
+    folder needs the full resolution; a symlinked file, an unusual path or any refusal goes
+    through `confine` itself (which then also words the error).
+    """
+
+    def __init__(self, roots: Sequence[Path], base: Path | None) -> None:
+        self.roots = roots
+        self.base = base
+        self.folders: dict[Path, Path] = {}
+
+    def __call__(self, path: str, what: str) -> Path:
+        candidate = Path(path)
+        unusual = path.startswith("~") or path.endswith("/") or "\x00" in path or not path
+        if unusual or ".." in PurePosixPath(path).parts or candidate.name in ("", "."):
+            return confine(path, self.roots, base=self.base, what=what)
+        if not candidate.is_absolute():
+            if self.base is None:
+                return confine(path, self.roots, base=self.base, what=what)
+            candidate = self.base / candidate
+        folder = self.folders.get(candidate.parent)
+        if folder is None:
+            try:
+                folder = confine(candidate.parent, self.roots, what=what)
+            except PathNotAllowed:
+                return confine(path, self.roots, base=self.base, what=what)
+            self.folders[candidate.parent] = folder
+        if (folder / candidate.name).is_symlink():
+            return confine(path, self.roots, base=self.base, what=what)
+        return folder / candidate.name
+
+
 def parse_image_list(
     text: str,
     roots: Sequence[Path],
@@ -73,6 +107,7 @@ def parse_image_list(
             raise ImageListError(str(error)) from None
         if not base.is_dir():
             raise ImageListError(f"image_folder: {folder} is not a directory")
+    confiner = _Confiner(roots, base)
     entries: list[ListEntry] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -96,7 +131,7 @@ def parse_image_list(
             continue
         shown = str(base / path) if base is not None and not Path(path).is_absolute() else path
         try:
-            resolved = confine(path, roots, base=base, what=where)
+            resolved = confiner(path, where)
         except PathNotAllowed as error:
             raise ImageListError(str(error)) from None
         entries.append(ListEntry(shown, str(resolved), label))
@@ -121,6 +156,31 @@ def read_entry(
         return read_image_file(entry.location, limits)
     except ImageRejected as rejected:
         raise ImageError(rejected.reason, f"{entry.path}: {rejected}") from None
+
+
+def read_image_source(
+    *,
+    path: str | None = None,
+    url: str | None = None,
+    roots: Sequence[Path] = (),
+    allowed_hosts: Sequence[str] = (),
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    fetch_limits: FetchLimits = DEFAULT_FETCH_LIMITS,
+) -> bytes:
+    """Classify-one's `image_path` (inside the data roots) or `image_url` (allowed hosts).
+
+    Raises PathNotAllowed, FetchError or ImageError (all ValueError), naming the field.
+    """
+    if (path is None) == (url is None):
+        raise ValueError("give exactly one of image_path and image_url")
+    if url is not None:
+        return fetch_url(url, allowed_hosts, fetch_limits, what="image_url")
+    assert path is not None
+    resolved = confine(path, roots, what="image_path")
+    try:
+        return read_image_file(str(resolved), limits)
+    except ImageRejected as rejected:
+        raise ImageError(rejected.reason, f"image_path: {path}: {rejected}") from None
 
 
 @dataclass

@@ -15,11 +15,12 @@ std, a 20-bin histogram and the parameter count, and the same for its activation
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,9 +50,30 @@ DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 256
 HISTOGRAM_BINS = 20  # DIGITS' get_layer_statistics
 FILL_NOISE_SEED = 0  # fill / half_crop padding noise: fixed, so one image always scores alike
+_NO_NOISE = np.random.default_rng(FILL_NOISE_SEED)  # never drawn from: squash and crop add none
+
+SMALL_BATCH = 8
+"""Batches up to this size run on one CPU thread: thread start-up and spinning cost more than
+they save on a handful of images, and a lot more on a busy machine (classify-one latency)."""
+_THREADS_LOCK = threading.Lock()
 
 Prediction = list[list[Any]]
 """One image's answer, DIGITS' shape: [[label, probability], ...], most probable first."""
+
+
+@contextlib.contextmanager
+def _cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` torch intra-op threads (None: leave the setting alone)."""
+    if count is None:
+        yield
+        return
+    with _THREADS_LOCK:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
 
 class ImageError(ValueError):
@@ -217,8 +239,10 @@ class LoadedModel:
             pixels = decode_image(image_bytes, self.image.channels, self.limits)
         except ImageRejected as rejected:
             raise ImageError(rejected.reason, f"image: {rejected}") from None
-        rng = np.random.default_rng(FILL_NOISE_SEED)
-        sized = resize(pixels, self.image.width, self.image.height, self.image.resize_mode, rng)
+        mode = self.image.resize_mode
+        noisy = mode in (ResizeMode.FILL, ResizeMode.HALF_CROP)
+        rng = np.random.default_rng(FILL_NOISE_SEED) if noisy else _NO_NOISE
+        sized = resize(pixels, self.image.width, self.image.height, mode, rng)
         out = np.ascontiguousarray(sized.transpose(2, 0, 1))
         return out if out.flags.writeable else out.copy()
 
@@ -248,7 +272,8 @@ class LoadedModel:
             )
         out = np.empty((len(pixels), self.info.classes), dtype=np.float32)
         source = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
-        with self._lock, torch.inference_mode():
+        threads = 1 if self.device.type == "cpu" and len(pixels) <= SMALL_BATCH else None
+        with self._lock, _cpu_threads(threads), torch.inference_mode():
             for start in range(0, len(pixels), self.batch_size):
                 chunk = source[start : start + self.batch_size]
                 out[start : start + len(chunk)] = self._forward(chunk).cpu().numpy()
@@ -298,7 +323,8 @@ class LoadedModel:
             if name and not any(True for _ in module.children()):
                 hooks.append(module.register_forward_hook(record(name, module)))
         try:
-            with self._lock, torch.inference_mode():
+            threads = 1 if self.device.type == "cpu" else None
+            with self._lock, _cpu_threads(threads), torch.inference_mode():
                 probabilities = self._forward(pixels).cpu().numpy()[0]
         finally:
             for handle in hooks:
@@ -375,6 +401,32 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+class InferenceService:
+    """Models held warm in one long-lived process, for classify-one requests.
+
+    Plain Python, so the controller can use it in-process or run it on a Ray worker as an
+    actor (`ray.remote(num_gpus=1)(InferenceService).remote(store_url)`: the GPU is then used
+    because `default_device()` sees it). Arguments and answers are plain bytes and JSON.
+    """
+
+    def __init__(self, store_url: str, capacity: int = 4, device: str | None = None) -> None:
+        from jobs.storage import open_store
+
+        self.store = open_store(store_url)
+        self.cache = ModelCache(capacity, device=device)
+
+    def classify(
+        self, prefix: str, images: list[bytes], top_k: int = DEFAULT_TOP_K
+    ) -> list[Prediction]:
+        return self.cache.get(self.store, prefix).classify(images, top_k)
+
+    def visualize(self, prefix: str, image: bytes, top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
+        return self.cache.get(self.store, prefix).visualize(image, top_k)
+
+    def device(self) -> str:
+        return str(default_device())
 
 
 def encode_npy(array: np.ndarray) -> bytes:

@@ -36,7 +36,7 @@ MAX_LIST_FILE_BYTES = 1024 * 1024 * 1024
 MAX_LABELS = 100_000
 MAX_FOLDER_DEPTH = 32
 REASON_OUTSIDE_ROOTS = "outside the data roots"
-REASON_UNKNOWN_CLASS = "class not in the training set"
+REASON_UNKNOWN_CLASS = "not in the training set"
 REASON_BAD_LINE = "malformed list line"
 REASON_BAD_LABEL = "label out of range"
 
@@ -127,10 +127,13 @@ class S3Reader:
         client = s3_client(self.endpoint)
         try:
             response = client.get_object(Bucket=self.bucket, Key=location)
-        except client.exceptions.NoSuchKey:
-            raise ImageRejected(REASON_NOT_FOUND) from None
-        except Exception as error:  # botocore raises ClientError, endpoint errors, ...
-            raise ImageRejected(REASON_UNREADABLE, str(error)[:200]) from None
+        except client.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ImageRejected(REASON_NOT_FOUND) from None
+            if code in ("AccessDenied", "403"):
+                raise ImageRejected(REASON_UNREADABLE, code) from None
+            raise  # throttling or an outage that outlived botocore's retries: fail the task
         body = response["Body"]
         try:
             if int(response.get("ContentLength", 0)) > self.limits.max_bytes:

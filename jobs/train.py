@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -255,6 +256,11 @@ def plan_job(
                 )
             except ValueError as error:
                 raise SetupError(f"transform.meanSubtraction: dataset mean.npy: {error}") from None
+    in_memory = data.raw_bytes <= args.in_memory_max_bytes
+    if mean is None and not in_memory and spec.transform.mean_subtraction != MeanSubtraction.NONE:
+        raise SetupError(
+            "transform.meanSubtraction: the dataset has no mean.npy to subtract (set it to none)"
+        )
     seed = spec.training.seed if spec.training.seed is not None else random.randrange(2**31)
     plan = Plan(
         store_url=args.store,
@@ -275,7 +281,7 @@ def plan_job(
         mean=mean,
         bias_lr_mult=defaults.bias_lr_mult,
         bias_decay_mult=defaults.bias_decay_mult,
-        in_memory=data.raw_bytes <= args.in_memory_max_bytes,
+        in_memory=in_memory,
     )
     return plan, data
 
@@ -440,7 +446,10 @@ class TrainRun:
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 marker = json.loads((Path(directory) / CHECKPOINT_MARKER).read_text())
-                if best is None or float(marker["epoch"]) > best[0] + EPS:
+                ours = marker.get("store") == self.plan.store_url and str(
+                    marker.get("key", "")
+                ).startswith(layout.model_prefix(self.plan.model_id))
+                if ours and (best is None or float(marker["epoch"]) > best[0] + EPS):
                     files = read_snapshot_dir(Path(directory))
                     best = (float(marker["epoch"]), files, str(marker["key"]))
                     if self.rank == 0:  # the store missed it: put it back, lose no snapshot
@@ -535,7 +544,7 @@ class TrainRun:
         self.log.flush()
         with tempfile.TemporaryDirectory(prefix="kdigits-ckpt-") as directory:
             write_snapshot_dir(Path(directory), files)
-            marker = {"epoch": label, "key": prefix}
+            marker = {"epoch": label, "key": prefix, "store": self.plan.store_url}
             (Path(directory) / CHECKPOINT_MARKER).write_text(json.dumps(marker))
             checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -704,6 +713,12 @@ def ray_storage_path(args: argparse.Namespace) -> str:
     return os.path.join(tempfile.gettempdir(), "kdigits-ray-train")
 
 
+def ray_run_name(plan: Plan) -> str:
+    """One Ray Train run per model and store: a retried attempt finds its own checkpoints."""
+    store = hashlib.sha256(plan.store_url.encode()).hexdigest()[:10]
+    return f"kdigits-model-{plan.model_id}-{store}"
+
+
 def build_trainer(plan: Plan, args: argparse.Namespace) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -721,10 +736,13 @@ def build_trainer(plan: Plan, args: argparse.Namespace) -> Any:
             resources_per_worker=per_worker,
         ),
         run_config=RunConfig(
-            name=f"kdigits-model-{plan.model_id}",
+            name=ray_run_name(plan),
             storage_path=ray_storage_path(args),
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray starts task and actor processes at niceness 15; training workers are the
+            # point of the node, so they run at the niceness asked for (default 0).
+            worker_runtime_env={"env_vars": {"RAY_worker_niceness": str(args.worker_niceness)}},
         ),
     )
 
@@ -810,6 +828,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KDIGITS_RAY_STORAGE", ""),
         help="Ray Train storage path for its checkpoints (shared storage on multi-node "
         "clusters); default $KDIGITS_RAY_STORAGE or a local temp folder",
+    )
+    parser.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=int(os.environ.get("KDIGITS_TRAIN_WORKER_NICENESS", "0")),
+        help="niceness of the training worker processes (Ray's default for workers is 15, "
+        "which starves training on a shared machine); default $KDIGITS_TRAIN_WORKER_NICENESS or 0",
     )
     parser.add_argument(
         "--in-memory-max-bytes",

@@ -124,12 +124,12 @@ def check_model(spec: ModelSpec, namespace: str, settings: Settings, store: Stor
     network = spec.network
     if network.standard is not None and not known_network(network.standard):
         raise _invalid("spec.network.standard", f'unknown network "{network.standard}"')
-    if network.custom is not None and network.custom.python is not None:
-        if not settings.allow_custom_python:
-            raise _invalid(
-                "spec.network.custom.python",
-                "custom Python networks are disabled (KDIGITS_ALLOW_CUSTOM_PYTHON)",
-            )
+    custom_python = network.custom is not None and network.custom.python is not None
+    if custom_python and not settings.allow_custom_python:
+        raise _invalid(
+            "spec.network.custom.python",
+            "custom Python networks are disabled (KDIGITS_ALLOW_CUSTOM_PYTHON)",
+        )
     if network.previous is not None:
         try:
             store.get("Model", network.previous.model, namespace)

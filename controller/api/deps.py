@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -18,7 +20,7 @@ from jobs.storage import ObjectStore
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -71,7 +73,21 @@ def require_token(
         raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
 
 
-AuthDep = Depends(require_token)
+async def authorize(
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """Cluster mode: Kubernetes TokenReview + SubjectAccessReview; otherwise the token check."""
+    if services.access is not None:
+        from controller.api.k8s_auth import authorize as review
+
+        await review(request, services.access, authorization, services.settings.token)
+        return
+    require_token(request, services, authorization)
+
+
+AuthDep = Depends(authorize)
 
 NamespaceDep = Annotated[
     str,
@@ -91,3 +107,25 @@ GroupDep = Annotated[
     str | None,
     Query(max_length=63, description="Only objects with label kdigits.io/group=<group>"),
 ]
+
+
+@dataclass(frozen=True)
+class ListScope:
+    """Where a listing looks: one namespace, or all (`allNamespaces=true`) of those visible."""
+
+    namespace: str | None
+    visible: Callable[[str], bool] | None = None
+
+
+def list_scope(
+    request: Request,
+    namespace: NamespaceDep = "default",
+    all_namespaces: Annotated[
+        bool, Query(alias="allNamespaces", description="List every namespace you may read")
+    ] = False,
+) -> ListScope:
+    visible = getattr(request.state, "may_list", None)  # set by the cluster-mode authorisation
+    return ListScope(None if all_namespaces else namespace, visible)
+
+
+ListScopeDep = Annotated[ListScope, Depends(list_scope)]

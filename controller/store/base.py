@@ -12,6 +12,7 @@ and `remove` drops the object.
 from __future__ import annotations
 
 import abc
+import builtins
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -95,7 +96,9 @@ class Store(abc.ABC):
         """Drop the object with this uid (a re-created object of the same name stays)."""
 
     @abc.abstractmethod
-    def history(self, kind: str, name: str, namespace: str = "default") -> list[Transition]:
+    def history(
+        self, kind: str, name: str, namespace: str = "default"
+    ) -> builtins.list[Transition]:
         """Status transitions of the current object with this name, oldest first."""
 
     @abc.abstractmethod

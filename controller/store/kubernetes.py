@@ -10,6 +10,9 @@ The semantics of base.Store map onto the API server's:
 - `create` puts the `kdigits.io/finalizer` finalizer on the object, so that `mark_deleted` (a
   DELETE) only sets `deletionTimestamp`; `remove` takes the finalizer off and the server then
   drops the object. The kopf operator uses the same finalizer for objects made with kubectl.
+- objects created through the store (REST, which runs the admission checks first) carry the
+  annotation `kdigits.io/admitted`; the operator adds it to objects made with kubectl once they
+  pass the same checks, and the reconciler starts only admitted objects (`is_admitted`);
 - the history of transitions lives in `status.history` (the CRDs keep unknown status fields),
   written in the same patch as the status it describes; the first entry, "created", is the
   object's `creationTimestamp`.
@@ -46,12 +49,18 @@ from jobs.specs import GROUP, KINDS, PLURALS, VERSION, JobStatus, Resource
 log = logging.getLogger(__name__)
 
 FINALIZER = "kdigits.io/finalizer"
+ADMITTED_ANNOTATION = "kdigits.io/admitted"
 HISTORY_FIELD = "history"
 HISTORY_LIMIT = 100
 CONFLICT_RETRIES = 5
 
 TransitionHook = Callable[[Resource, str | None, Transition], None]
 """Called after a recorded transition with the object, the previous phase and the transition."""
+
+
+def is_admitted(obj: Resource) -> bool:
+    """Whether the admission checks passed (REST before creating it, or the operator)."""
+    return obj.metadata.annotations.get(ADMITTED_ANNOTATION) == "true"
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,7 +190,7 @@ class KubernetesStore(Store):
                 "name": meta.name,
                 "namespace": meta.namespace,
                 "labels": dict(meta.labels),
-                "annotations": dict(meta.annotations),
+                "annotations": {**meta.annotations, ADMITTED_ANNOTATION: "true"},
                 "finalizers": [FINALIZER],
             },
             "spec": obj.spec.to_json_dict(),  # type: ignore[attr-defined]
@@ -257,7 +266,10 @@ class KubernetesStore(Store):
         for field, value in (("labels", meta.labels), ("annotations", meta.annotations)):
             if diff := merge_patch(stored.get(field) or {}, value):
                 meta_patch[field] = diff
-        spec = merge_patch(raw.get("spec") or {}, obj.spec.to_json_dict())  # type: ignore[attr-defined]
+        stored_obj = self._parsed(kind, raw)
+        spec: dict[str, Any] = {}
+        if obj.spec != stored_obj.spec:  # type: ignore[attr-defined]  # semantic, not textual
+            spec = merge_patch(raw.get("spec") or {}, obj.spec.to_json_dict())  # type: ignore[attr-defined]
         if not meta_patch and not spec:
             return self._parsed(kind, raw)  # type: ignore[return-value]
         patch: dict[str, Any] = {"metadata": {**meta_patch, "resourceVersion": rv}}
@@ -296,6 +308,12 @@ class KubernetesStore(Store):
             except Exception:  # noqa: BLE001 - reporting a transition never fails the write
                 log.exception("reporting the transition of %s failed", meta.name)
         return saved  # type: ignore[return-value]
+
+    def patch_status(
+        self, kind: str, name: str, namespace: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the raw status (for objects the contract cannot read)."""
+        return self._patch(kind, name, namespace, {"status": status}, status=True)
 
     def mark_deleted(self, kind: str, name: str, namespace: str = "default") -> Resource:
         raw = self._raw(kind, name, namespace)

@@ -9,6 +9,7 @@ threads and the reconciler's loop write a handful of rows a second at most.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import sqlite3
 import threading
@@ -220,7 +221,7 @@ class SQLiteStore(Store):
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         items: list[Resource] = []
-        for ns, name, body in rows:
+        for _ns, _name, body in rows:
             obj = self._load(kind, body)
             if labels and any(obj.metadata.labels.get(k) != v for k, v in labels.items()):
                 continue
@@ -305,7 +306,9 @@ class SQLiteStore(Store):
             )
             db.execute("DELETE FROM history WHERE uid = ?", (uid,))
 
-    def history(self, kind: str, name: str, namespace: str = "default") -> list[Transition]:
+    def history(
+        self, kind: str, name: str, namespace: str = "default"
+    ) -> builtins.list[Transition]:
         with self._lock:
             uid = self._row(self._db, kind, namespace, name)[3]
             rows = self._db.execute(

@@ -65,7 +65,9 @@ def main() -> int:
             events.emit("metric", name="lr", split="train", value=0.01, epoch=epoch)
             events.emit("metric", name="images_per_second", split="train", value=500.0, epoch=epoch)
             events.emit("metric", name="loss", split="val", value=1.2 / epoch, epoch=epoch)
-            events.emit("metric", name="accuracy", split="val", value=0.5 + epoch / 100, epoch=epoch)
+            events.emit(
+                "metric", name="accuracy", split="val", value=0.5 + epoch / 100, epoch=epoch
+            )
             key = layout.snapshot_prefix(args.id, epoch)
             store.put_bytes(f"{key}model.safetensors", b"weights")
             events.emit("snapshot", epoch=float(epoch), key=key)

@@ -122,7 +122,10 @@ def test_paging_and_group(client: TestClient, data_root: Path) -> None:
         (lambda b, r: b["spec"].update(encoding="gif"), "spec.encoding"),
         (lambda b, r: b["spec"].update(split={"valPercent": 120}), "spec.split.valPercent"),
         (lambda b, r: b["spec"].update(bogus=1), "spec.bogus"),
-        (lambda b, r: b["spec"]["source"]["folder"].update(train="/etc"), "spec.source.folder.train"),
+        (
+            lambda b, r: b["spec"]["source"]["folder"].update(train="/etc"),
+            "spec.source.folder.train",
+        ),
         (
             lambda b, r: b["spec"]["source"]["folder"].update(train="relative/dir"),
             "spec.source.folder.train",
@@ -169,7 +172,10 @@ def test_symlink_escape_is_refused(client: TestClient, data_root: Path) -> None:
         ({"dataset": "missing"}, "spec.dataset"),
         ({"network": {"standard": "no_such_net"}}, "spec.network.standard"),
         ({"network": {"standard": "lenet", "pretrained": {"name": "x"}}}, "spec.network"),
-        ({"network": {"custom": {"python": "def build_network(): pass"}}}, "spec.network.custom.python"),
+        (
+            {"network": {"custom": {"python": "def build_network(): pass"}}},
+            "spec.network.custom.python",
+        ),
         ({"network": {"previous": {"model": "ghost"}}}, "spec.network.previous.model"),
         ({"network": {"pretrained": {"name": "ghost"}}}, "spec.network.pretrained.name"),
         ({"training": {"epochs": 0}}, "spec.training.epochs"),
@@ -200,9 +206,10 @@ def test_delete_used_dataset_409_abort_clone(client: TestClient, data_root: Path
     r = client.delete("/api/v1/datasets/d")
     assert r.status_code == 409 and "m" in r.json()["reason"]
     clone = client.post("/api/v1/models/m/clone", json={"name": "m2"})
-    assert clone.status_code == 201 and clone.json()["spec"] == client.get(
-        "/api/v1/models/m"
-    ).json()["spec"]
+    assert (
+        clone.status_code == 201
+        and clone.json()["spec"] == client.get("/api/v1/models/m").json()["spec"]
+    )
     assert client.post("/api/v1/models/m/clone", json={"name": "m2"}).status_code == 409
     assert_422(client.post("/api/v1/models/m/clone", json={"name": "UPPER"}), "name")
     aborted = client.post("/api/v1/models/m/abort")

@@ -118,7 +118,9 @@ def test_dataset_then_model(client: TestClient, services: Services) -> None:
 
 
 def test_retry_then_success_and_permanent_failure(client: TestClient, services: Services) -> None:
-    dataset(client, services.settings, "bad", **{"report-failure": "no_images_found", "exit-code": "2"})
+    dataset(
+        client, services.settings, "bad", **{"report-failure": "no_images_found", "exit-code": "2"}
+    )
     dataset(client, services.settings, "good")
     m = model(client, "flaky", "good", epochs="1", sleep="0.1", **{"fail-attempts": "1"})
     model(client, "orphan", "bad")
@@ -175,7 +177,5 @@ def test_restart_never_submits_twice(fake_settings: Settings) -> None:
         series = {s["key"]: s for s in c.get("/api/v1/models/long/metrics").json()["series"]}
         assert [p["epoch"] for p in series["trainLoss"]["points"]] == list(range(1, 9))
         uid = m["metadata"]["uid"]
-        assert second.backend.list_ids(f"kdigits-model-{uid}") == [
-            submission_id("model", uid, 1)
-        ]
+        assert second.backend.list_ids(f"kdigits-model-{uid}") == [submission_id("model", uid, 1)]
         assert 'kdigits_training_epoch{model="long"} 8.0' in c.get("/metrics").text

@@ -118,9 +118,9 @@ sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from controller.store import SQLiteStore
 from jobs.specs import Dataset
 store = SQLiteStore({str(db)!r})
+spec = {{"source": {{"folder": {{"train": "/x"}}}}}}
 for i in range(20):
-    store.create(Dataset.model_validate(
-        {{"metadata": {{"name": f"d{{i}}"}}, "spec": {{"source": {{"folder": {{"train": "/x"}}}}}}}}))
+    store.create(Dataset.model_validate({{"metadata": {{"name": f"d{{i}}"}}, "spec": spec}}))
 os.kill(os.getpid(), signal.SIGKILL)
 """
     proc = subprocess.run([sys.executable, "-c", script], timeout=60)

@@ -112,7 +112,9 @@ def test_kill9_and_restart(
     assert len(status["snapshots"]) == epochs
     ray = RayBackend(ray_head.dashboard_url)
     assert ray.list_ids(f"kdigits-model-{uid}") == [f"kdigits-model-{uid}-1"]  # once only
-    series = {s["key"]: s for s in server.get("/api/v1/models/lenet-crash/metrics").json()["series"]}
+    series = {
+        s["key"]: s for s in server.get("/api/v1/models/lenet-crash/metrics").json()["series"]
+    }
     assert [p["epoch"] for p in series["valAccuracy"]["points"]] == list(range(1, epochs + 1))
     text = server.get("/metrics").text
     assert f'kdigits_training_epoch{{model="lenet-crash"}} {float(epochs)}' in text
@@ -130,7 +132,11 @@ def test_bad_inputs(server: Server, digits_dataset: dict[str, Any], digits_dir: 
         ),
         ("/api/v1/models", lenet("UPPER", 1), "metadata.name"),
         ("/api/v1/models", lenet("x", 0), "spec.training.epochs"),
-        ("/api/v1/models", {**lenet("x", 1), "spec": {**lenet("x", 1)["spec"], "dataset": "nope"}}, "spec.dataset"),
+        (
+            "/api/v1/models",
+            {**lenet("x", 1), "spec": {**lenet("x", 1)["spec"], "dataset": "nope"}},
+            "spec.dataset",
+        ),
         (
             "/api/v1/models",
             {**lenet("x", 1), "spec": {**lenet("x", 1)["spec"], "network": {"standard": "nonet"}}},
@@ -148,23 +154,32 @@ def test_cli(server: Server, digits_dataset: dict[str, Any]) -> None:
     env = {**server.env, "KDIGITS_URL": server.url}
     run = [sys.executable, "-m", "controller"]
     out = subprocess.run(
-        [*run, "dataset", "list", "--output", "json"], env=env, capture_output=True, text=True,
-        cwd=REPO, timeout=60,
+        [*run, "dataset", "list", "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert [d["metadata"]["name"] for d in json.loads(out.stdout)] == ["digits"]
     out = subprocess.run(
         [*run, "model", "create", "cli-bad", "--dataset", "digits", "--network", "nonet"],
-        env=env, capture_output=True, text=True, cwd=REPO, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert out.returncode == 1 and "spec.network.standard" in out.stderr
 
 
-def test_schemathesis(server: Server, digits_dataset: dict[str, Any]) -> None:
+def test_schemathesis(server: Server, digits_dataset: dict[str, Any], tmp_path: Any) -> None:
     """No 5xx and no response that breaks the OpenAPI schema, on a bounded random sample."""
     proc = subprocess.run(
         [
-            str(REPO / ".venv/bin/schemathesis") if (REPO / ".venv/bin/schemathesis").exists()
+            str(REPO / ".venv/bin/schemathesis")
+            if (REPO / ".venv/bin/schemathesis").exists()
             else "schemathesis",
             "run",
             f"{server.url}/openapi.json",
@@ -183,6 +198,7 @@ def test_schemathesis(server: Server, digits_dataset: dict[str, Any]) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,  # schemathesis keeps a .schemathesis/ cache in its working directory
     )
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert server.get("/api/v1/datasets/digits").status_code == 200

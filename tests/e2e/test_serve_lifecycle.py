@@ -34,7 +34,7 @@ def test_own_head_adopted_after_kill9_and_stopped_on_sigterm(tmp_path: Path) -> 
     home = tmp_path / "home"
     server = Server(home, {"KDIGITS_RAY_ADDRESS": "", "KDIGITS_LOCAL_RAY_CPUS": "1"}).start()
     try:
-        info = server.get("/api/v1/info").json()
+        info = server.wait_for("/api/v1/info", lambda i: i["ray"]["total"].get("CPU"), 30)
         assert info["ray"]["available"] and info["ray"]["total"]["CPU"] == 1
         record = json.loads((home / "ray-head.json").read_text())
         temp_dir = record["temp_dir"]

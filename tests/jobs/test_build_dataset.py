@@ -22,6 +22,7 @@ from ray.job_submission import JobStatus
 from controller.ray_local import LocalRayHead
 from jobs.build_dataset import (
     MAX_CHUNK,
+    MAX_CHUNK_BYTES,
     MIN_CHUNK,
     BuildError,
     derive_seed,
@@ -29,9 +30,10 @@ from jobs.build_dataset import (
     parse_args,
     plan_chunks,
     plan_dataset,
+    shared_prefix,
     three_way_split,
 )
-from jobs.events import parse_jsonl
+from jobs.events import parse_jsonl, parse_lines
 from jobs.shards import read_metadata, read_shard
 from jobs.sources import Entry, Listing
 from jobs.specs import SplitSpec
@@ -118,8 +120,13 @@ def test_plan_is_deterministic_per_seed_and_shuffles_across_classes() -> None:
 def test_separate_val_and_test_lists_are_not_taken_from_train() -> None:
     val = [Entry("/v/a.png", 0), Entry("/v/b.png", 1), Entry("/v/gone.png", 2)]
     listing = listing_of({"a": 4, "b": 4, "c": 1}, val=val)
+    listing.ignored_classes = {"val": {"zebra": 2}}
     plan = plan_dataset(listing, SplitSpec(val_percent=50, test_percent=25), seed=0)
     assert plan.labels == ["a", "b"]
+    assert plan.dropped == [
+        {"label": "c", "count": 1, "reason": "fewer than minPerClass (2) images"},
+        {"label": "zebra", "count": 2, "reason": "val: class not in the training set"},
+    ]
     assert sorted(plan.splits["val"]) == [("/v/a.png", 0), ("/v/b.png", 1)]  # c was dropped
     assert len(plan.splits["train"]) == 6 and len(plan.splits["test"]) == 2  # 25% test only
 
@@ -141,8 +148,16 @@ def test_plan_chunks_cover_every_image_once() -> None:
         assert covered == list(range(count))
     fixed = plan_chunks(sizes, cpus=2, image_bytes=28 * 28, fixed=1000)
     assert [e - b for _, b, e in fixed] == [1000] * 7 + [500] + [1000] * 2 + [500]
-    big = plan_chunks({"train": 5000}, cpus=64, image_bytes=256 * 256 * 3)
-    assert max(e - b for _, b, e in big) <= 256 * 1024 * 1024 // (256 * 256 * 3)
+    big = plan_chunks({"train": 5000}, cpus=1, image_bytes=256 * 256 * 3)
+    assert max(e - b for _, b, e in big) == MAX_CHUNK_BYTES // (256 * 256 * 3)
+
+
+def test_chunk_locations_are_sent_relative_to_their_shared_folder() -> None:
+    assert shared_prefix(["/data/train/3/a.png", "/data/train/3/b.png"]) == "/data/train/3/"
+    assert shared_prefix(["/data/train/3/a.png", "/data/train/4/a.png"]) == "/data/train/"
+    assert shared_prefix(["/data/ab.png", "/data/ac.png"]) == "/data/"  # whole folders only
+    assert shared_prefix(["mnist/train/0/x.png", "mnist/val/0/y.png"]) == "mnist/"
+    assert shared_prefix(["a.png"]) == "" and shared_prefix([]) == ""
 
 
 def test_derived_seed_is_stable_per_id() -> None:
@@ -163,6 +178,73 @@ def test_arguments_have_defaults_and_are_checked(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SystemExit):
         parse_args(["--dataset-id", "x", "--parallelism", "-1"])
     assert main(["--dataset-id", "../escape", "--data-roots", "/tmp"]) == 2
+
+
+# --------------------------------------------------------------------------- failing fast
+
+
+def build_in_process(store: LocalStore, dataset_id: str, roots: list[Path]) -> int:
+    joined = ":".join(str(root) for root in roots)
+    return main(["--store", store.url, "--dataset-id", dataset_id, "--data-roots", joined])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"source": {"folder": {"train": "{data}/missing"}}},
+            "source.folder.train: folder {data}/missing does not exist",
+        ),
+        (
+            {"source": {"folder": {"train": "{data}/train"}}, "split": {"minPerClass": 3}},
+            "split.minPerClass: no class has at least 3 images (classes found: 2), "
+            "so no classes are left",
+        ),
+        (
+            {"source": {"folder": {"train": "/etc"}}},
+            "source.folder.train: /etc is outside the data roots ({data})",
+        ),
+        (None, "datasets/bad/spec.json not found in {store}"),
+    ],
+)
+def test_bad_source_fails_before_touching_ray(
+    tmp_path: Path,
+    mnist_arrays: Digits,
+    capsys: pytest.CaptureFixture[str],
+    spec: dict[str, object] | None,
+    message: str,
+) -> None:
+    import ray
+
+    data = (tmp_path / "data").resolve()
+    write_digit_classes(data / "train", *mnist_arrays, {0: 2, 1: 1})
+    store = LocalStore(tmp_path / "store")
+    if spec is not None:
+        text = json.dumps(spec).replace("{data}", str(data))
+        store.put_bytes("datasets/bad/spec.json", text.encode())
+    expected = message.format(data=data, store=store.url)
+    assert build_in_process(store, "bad", [data]) == 2
+    assert not ray.is_initialized()
+    out, err = capsys.readouterr()
+    assert f"error: {expected}" in err
+    events = list(parse_lines(out.splitlines()))
+    assert events[-1]["kind"] == "done" and events[-1]["phase"] == "Failed"
+    assert events[-1]["message"] == expected
+    assert parse_jsonl(store.get_bytes("datasets/bad/events.jsonl"))[-1] == events[-1]
+    assert not store.exists("datasets/bad/stats.json")
+
+
+def test_complete_dataset_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("datasets/done/stats.json", b'{"complete": true}')
+    store.put_bytes("datasets/done/train/shard-00000.safetensors", b"kept")
+    assert build_in_process(store, "done", [tmp_path]) == 0
+    assert not ray.is_initialized()
+    assert store.get_bytes("datasets/done/train/shard-00000.safetensors") == b"kept"
+    events = list(parse_lines(capsys.readouterr().out.splitlines()))
+    assert [(e["kind"], e["phase"]) for e in events] == [("done", "Succeeded")]
 
 
 # --------------------------------------------------------------------------- real Ray jobs

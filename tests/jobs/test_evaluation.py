@@ -13,9 +13,12 @@ from jobs.evaluation import (
     classify_uploads,
     confusion_matrix,
     parse_image_list,
+    read_image_source,
     top_n_per_category,
 )
-from jobs.inference import load_model
+from jobs.fetch import FetchError
+from jobs.inference import ImageError, load_model
+from jobs.paths import PathNotAllowed
 from jobs.storage import LocalStore
 from tests.jobs.inference_helpers import (
     HELD_OUT,
@@ -138,11 +141,16 @@ def test_hostile_lists_refused(model, digits, tmp_path) -> None:
     secret = outside / "secret.png"
     secret.write_bytes(png_bytes(np.zeros((28, 28), np.uint8)))
     (root / "escape.png").symlink_to(secret)
+    (root / "escape-dir").symlink_to(outside)
+    (root / "inside.png").symlink_to(written[0][0])  # a link that stays inside is fine
+    inside = parse_image_list("inside.png 3\n", [root], folder=str(root))
+    assert inside[0].location == str(written[0][0]) and inside[0].path == str(root / "inside.png")
 
     cases = {
         f"{secret} 1\n": "outside the data roots",
         f"{root}/../outside/secret.png\n": "contains '..'",
         f"{root / 'escape.png'}\n": "outside the data roots",
+        f"{root / 'escape-dir' / 'secret.png'}\n": "escape-dir/secret.png .*outside the data roots",
         "relative.png\n": "must be an absolute path",
         f"{written[0][0]} 12\n": "label 12 is not a class index",
         "http://evil.example/digit.png\n": "host 'evil.example' is not an allowed host",
@@ -159,6 +167,25 @@ def test_hostile_lists_refused(model, digits, tmp_path) -> None:
         parse_image_list(f"{written[0][0]}\n{secret}\n", [root])
     with pytest.raises(ImageListError, match="no hosts are allowed"):
         parse_image_list("https://images.example/a.png\n", [root])
-    url = parse_image_list("https://images.example/a.png 4\n", [root], allowed_hosts=["images.example"])
+    url = parse_image_list(
+        "https://images.example/a.png 4\n", [root], allowed_hosts=["images.example"]
+    )
     assert url[0].is_url and url[0].label == 4
     assert os.path.exists(secret)  # nothing touched
+
+
+def test_classify_one_sources(model, digits, tmp_path) -> None:
+    root, written, pixels = digits
+    data = read_image_source(path=str(written[0][0]), roots=[root])
+    got, want = model.classify_one(data), model.classify_pixels(pixels[:1][:, None])[0]
+    assert [label for label, _ in got] == [label for label, _ in want]
+    assert [p for _, p in got] == pytest.approx([p for _, p in want], abs=1e-6)
+    np.testing.assert_array_equal(model.preprocess(data)[0], pixels[0])
+    with pytest.raises(PathNotAllowed, match="image_path: /etc/passwd is outside the data roots"):
+        read_image_source(path="/etc/passwd", roots=[root])
+    with pytest.raises(ImageError, match="image_path: .*file not found"):
+        read_image_source(path=str(root / "nothing.png"), roots=[root])
+    with pytest.raises(FetchError, match="image_url: host 'example.com' is not an allowed host"):
+        read_image_source(url="http://example.com/a.png", allowed_hosts=["images.example"])
+    with pytest.raises(ValueError, match="exactly one of image_path and image_url"):
+        read_image_source(roots=[root])

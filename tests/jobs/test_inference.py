@@ -111,7 +111,7 @@ def test_visualize_layer_statistics(store, trained, mnist_arrays) -> None:
     assert conv["type"] == "Conv2d"
     assert conv["weights"]["shape"] == [20, 1, 5, 5]
     assert conv["weights"]["parameters"] == 20 * 25 + 20
-    weight = model.network.features[0].weight.detach().numpy()
+    weight = dict(model.network.named_parameters())["features.0.weight"].detach().numpy()
     assert conv["weights"]["mean"] == pytest.approx(float(weight.mean()), rel=1e-5)
     assert conv["weights"]["std"] == pytest.approx(float(weight.std()), rel=1e-5)
     assert sum(conv["weights"]["histogram"]["counts"]) == weight.size

@@ -47,7 +47,8 @@ def test_mean_accepts_the_layouts_datasets_store() -> None:
     rgb = np.random.default_rng(0).uniform(0, 255, (4, 5, 3)).astype(np.float32)
     chw = mean_tensor(rgb, MeanSubtraction.IMAGE, 3, 4, 5)
     assert chw is not None and torch.equal(chw, torch.from_numpy(rgb).permute(2, 0, 1))
-    assert mean_tensor(rgb[:, :, 0], MeanSubtraction.IMAGE, 1, 4, 5).shape == (1, 4, 5)
+    gray = mean_tensor(rgb[:, :, 0], MeanSubtraction.IMAGE, 1, 4, 5)
+    assert gray is not None and gray.shape == (1, 4, 5)
     with pytest.raises(ValueError, match="mean image has shape"):
         mean_tensor(rgb, MeanSubtraction.IMAGE, 3, 8, 8)
 
@@ -133,7 +134,9 @@ def test_rotation_and_scale_keep_shape_and_change_pixels(
 
 def test_noise_has_the_requested_spread() -> None:
     images = torch.full((64, 1, 16, 16), 128, dtype=torch.uint8)
-    out = _transform(TransformSpec(noise=0.1, mean_subtraction="none"), images).train(images, _gen())
+    out = _transform(TransformSpec(noise=0.1, mean_subtraction="none"), images).train(
+        images, _gen()
+    )
     residual = out - 128.0
     assert abs(residual.std().item() - 25.5) < 1.0
     assert abs(residual.mean().item()) < 0.5

@@ -39,7 +39,7 @@ def write_dataset(
     if images.ndim == 3:
         images = images[..., None]
     prefix = layout.dataset_prefix(dataset_id)
-    classes = int(labels.max()) + 1
+    classes = max(int(labels[indices].max()) for indices in splits.values()) + 1
     store.put_bytes(f"{prefix}labels.txt", "".join(f"{c}\n" for c in range(classes)).encode())
     counts: dict[str, int] = {}
     for split, indices in splits.items():
@@ -63,7 +63,9 @@ def write_dataset(
     store.put_bytes(f"{prefix}stats.json", json.dumps(stats).encode())
 
 
-def split_indices(labels: np.ndarray, counts: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, counts: dict[str, int], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Disjoint random index sets of the given sizes (every class in each, roughly even)."""
     order = np.random.default_rng(seed).permutation(len(labels))
     out: dict[str, np.ndarray] = {}
@@ -74,9 +76,13 @@ def split_indices(labels: np.ndarray, counts: dict[str, int], seed: int = 0) -> 
     return out
 
 
-def write_model_spec(store: ObjectStore, model_id: str, spec: ModelSpec | dict[str, Any]) -> ModelSpec:
+def write_model_spec(
+    store: ObjectStore, model_id: str, spec: ModelSpec | dict[str, Any]
+) -> ModelSpec:
     model = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
-    store.put_bytes(f"{layout.model_prefix(model_id)}spec.json", json.dumps(model.to_json_dict()).encode())
+    store.put_bytes(
+        f"{layout.model_prefix(model_id)}spec.json", json.dumps(model.to_json_dict()).encode()
+    )
     return model
 
 
@@ -88,7 +94,11 @@ def submit_train(
     submission_id: str,
     extra: str = "",
     env: dict[str, str] | None = None,
+    ray_storage: Path | None = None,
 ) -> str:
+    """Submit `python -m jobs.train`; Ray Train keeps its checkpoints under `ray_storage`."""
+    if ray_storage is not None:
+        extra = f"--ray-storage {ray_storage} {extra}"
     entrypoint = (
         f"{sys.executable} -m jobs.train --store {store_url} --model-id {model_id} "
         f"--dataset-id {dataset_id} {extra}"

@@ -6,9 +6,10 @@ finalizers until the finalizers go. A real API server also sets `uid`, `creation
 `generation` (bumped on spec changes) and `resourceVersion` (bumped on every write), refuses a
 write carrying a stale `resourceVersion` (409) or a failed JSON-patch `test` (422), keeps status
 writes apart from spec writes (the status subresource), and filters and pages lists
-(`labelSelector`, `limit`, `continue`). `ApiServer` adds exactly that, by subclassing the emulator
-as kmock's documentation suggests, and leaves TokenReview and SubjectAccessReview to reactions
-the tests register with kmock's own routing (`api[...] << handler`).
+(`labelSelector`, `limit`, `continue`), and starts a watch at the `resourceVersion` of the
+list it follows instead of replaying every object. `ApiServer` adds exactly that, subclassing
+the emulator as kmock's documentation suggests, and leaves TokenReview and SubjectAccessReview
+to reactions the tests register with kmock's own routing (`api[...] << handler`).
 
 `RunningApiServer` runs it in a thread with its own event loop, so that synchronous clients (the
 `kubernetes` package) and kopf (in its own thread) talk to it over HTTP like to a cluster.
@@ -22,7 +23,7 @@ import copy
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -108,9 +109,9 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def _has_status(self, resource: kmock.resource) -> bool:
         info = self.resources.get(resource) if resource in self.resources else None
-        return info is not None and "status" in info.subresources
+        return isinstance(info, kmock.ResourceInfo) and "status" in info.subresources
 
-    def _stored(self, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    def _stored(self, key: Any) -> dict[str, Any] | None:
         if key not in self.objects or self.objects[key].deleted:
             return None
         return copy.deepcopy(self.objects[key].raw)
@@ -201,7 +202,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def _on_delete(self, request: rendering.Request) -> None:
         assert request.resource is not None
-        key = (request.resource, request.namespace, request.name)
+        key: Any = (request.resource, request.namespace, request.name)
         current = self._stored(key)
         if current is None:
             return  # kmock answers 404
@@ -211,6 +212,38 @@ class ApiServer(kmock.KubernetesEmulator):
         meta = current["metadata"]
         if meta.get("finalizers") and not meta.get("deletionTimestamp"):
             self.objects[key].patch({"metadata": {"resourceVersion": self._next_version()}})
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        """A watch from a list's resourceVersion sends only what changed since (kmock: all)."""
+        since = request.params.get("resourceVersion", "")
+        yield b""
+        async with self._lock:
+            current = [
+                obj.raw
+                for (resource, namespace, name), obj in self.objects.items()
+                if not obj.deleted and self._watched(request, resource, namespace, name)
+            ]
+        for raw in current:
+            version = raw.get("metadata", {}).get("resourceVersion", "0")
+            if not since.isdigit():
+                yield {"type": "ADDED", "object": raw}
+            elif int(version) > int(since):
+                yield {"type": "MODIFIED", "object": raw}
+        assert request.resource is not None
+        async for event in self._buses[request.resource]:
+            meta = event.get("object", {}).get("metadata", {})
+            if self._watched(request, request.resource, meta.get("namespace"), meta.get("name")):
+                yield event
+
+    @staticmethod
+    def _watched(
+        request: rendering.Request, resource: Any, namespace: str | None, name: str | None
+    ) -> bool:
+        return (
+            resource == request.resource
+            and (request.namespace is None or namespace == request.namespace)
+            and (request.name is None or name == request.name)
+        )
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload: Any = await super()._serve_list(request)
@@ -278,8 +311,7 @@ class RunningApiServer:
 
     def call(self, fn: Any) -> Any:
         """Run a plain function on the server's loop (to read or seed its state safely)."""
-        done: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_call(fn), self._loop)  # type: ignore[assignment]
-        return done.result(30)
+        return asyncio.run_coroutine_threadsafe(_call(fn), self._loop).result(30)
 
 
 async def _call(fn: Any) -> Any:

@@ -1,16 +1,22 @@
-"""Fixtures for cluster mode: a kmock API server over HTTP and a `kubernetes` client on it."""
+"""Fixtures for cluster mode: a kmock API server over HTTP, a `kubernetes` client on it, and
+a few hundred real MNIST digits as image folders."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 from kubernetes.client import ApiClient, Configuration
+from PIL import Image
 
 from tests.operator.apiserver import RunningApiServer, running_apiserver
 
+PER_CLASS = 30
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture(scope="module")
 def apiserver() -> Iterator[RunningApiServer]:
     with running_apiserver() as server:
         yield server
@@ -21,10 +27,25 @@ def client_for(url: str) -> ApiClient:
     return ApiClient(config)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def kube(apiserver: RunningApiServer) -> Iterator[ApiClient]:
     client = client_for(apiserver.url)
     try:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def mnist_folder(
+    tmp_path_factory: pytest.TempPathFactory, mnist_arrays: tuple[np.ndarray, np.ndarray]
+) -> Path:
+    """300 real MNIST digits as `train/<digit>/*.png`: the layout of the examples' MinIO prefix."""
+    images, labels = mnist_arrays
+    root = tmp_path_factory.mktemp("mnist")
+    for digit in range(10):
+        folder = root / "train" / str(digit)
+        folder.mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(labels == digit)[:PER_CLASS]):
+            Image.fromarray(images[index]).save(folder / f"{i:03d}.png")
+    return root

@@ -4,6 +4,7 @@ the status subresource, label selectors and paging, finalizers, history and tran
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, CustomObjectsApi
@@ -55,7 +56,7 @@ def test_create_sets_server_identity_and_finalizer(
     meta = created.metadata
     assert meta.uid and meta.generation == 1 and meta.resource_version and meta.creation_timestamp
     assert store.get("Dataset", "a", ns) == created
-    raw = CustomObjectsApi(kube).get_namespaced_custom_object(
+    raw: Any = CustomObjectsApi(kube).get_namespaced_custom_object(
         "kdigits.io", "v1alpha1", ns, "datasets", "a"
     )
     assert raw["metadata"]["finalizers"] == [FINALIZER]  # kubectl sees the same object

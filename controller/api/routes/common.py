@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -42,7 +42,7 @@ def new_object(cls: type[Resource], body: CreateBody, namespace: str) -> Resourc
             "deletion_timestamp": None,
         }
     )
-    return cls(metadata=meta, spec=body.spec)  # type: ignore[attr-defined,call-arg]
+    return cls(metadata=meta, spec=body.spec)  # type: ignore[attr-defined]
 
 
 def list_page(
@@ -52,13 +52,17 @@ def list_page(
     group: str | None,
     limit: int | None,
     token: str | None,
+    visible: Callable[[str], bool] | None = None,
 ) -> tuple[list[Resource], ListMeta]:
     labels = {GROUP_LABEL: group} if group else None
     try:
         page: Page = store.list(kind, namespace, labels, limit, token)
     except ValueError as error:
         raise ApiError(422, str(error), "continue") from None
-    return page.items, ListMeta(**{"continue": page.continue_token})
+    items = page.items
+    if visible is not None:  # across namespaces in cluster mode: only those the user may list
+        items = [obj for obj in items if visible(obj.metadata.namespace)]
+    return items, ListMeta(**{"continue": page.continue_token})
 
 
 def abort(store: Store, reconciler: Reconciler, obj: Resource) -> Resource:

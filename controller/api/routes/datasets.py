@@ -13,6 +13,7 @@ from controller.api.deps import (
     ContinueDep,
     GroupDep,
     LimitDep,
+    ListScopeDep,
     NamespaceDep,
     ObjectsDep,
     ReconcilerDep,
@@ -68,13 +69,15 @@ def create_dataset(
 @router.get("", response_model=DatasetList, response_model_exclude_none=True)
 def read_datasets(
     store: StoreDep,
-    namespace: NamespaceDep = "default",
+    scope: ListScopeDep,
     group: GroupDep = None,
     limit: LimitDep = None,
     continue_: ContinueDep = None,
 ) -> DatasetList:
-    items, meta = common.list_page(store, "Dataset", namespace, group, limit, continue_)
-    return DatasetList(items=items, metadata=meta)  # type: ignore[arg-type]
+    items, meta = common.list_page(
+        store, "Dataset", scope.namespace, group, limit, continue_, scope.visible
+    )
+    return DatasetList(items=items, metadata=meta)
 
 
 @router.get("/{name}", response_model=Dataset, response_model_exclude_none=True)

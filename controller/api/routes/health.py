@@ -34,6 +34,8 @@ def read_ready(services: ServicesDep) -> Response:
         checks["store"] = str(error)
     reconciler = services.reconciler
     checks["reconciler"] = "ok" if reconciler.alive and reconciler.passes > 0 else "starting"
+    if services.operator is not None:  # cluster mode: the kopf operator must be running
+        checks["operator"] = "ok" if services.operator.alive else "stopped"
     try:
         services.backend.resources()
         checks["ray"] = "ok"

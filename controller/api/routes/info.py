@@ -10,7 +10,9 @@ from controller.api.errors import AUTH_RESPONSES
 from controller.api.schemas import Info, RayInfo
 from controller.ray_backend import RayUnavailable
 
-router = APIRouter(prefix="/api/v1", tags=["info"], dependencies=[AuthDep], responses=AUTH_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1", tags=["info"], dependencies=[AuthDep], responses=AUTH_RESPONSES
+)
 
 
 @router.get("/info", response_model=Info)

@@ -12,6 +12,7 @@ from controller.api.deps import (
     ContinueDep,
     GroupDep,
     LimitDep,
+    ListScopeDep,
     NamespaceDep,
     ReconcilerDep,
     SettingsDep,
@@ -62,13 +63,15 @@ def create_model(
 @router.get("", response_model=ModelList, response_model_exclude_none=True)
 def read_models(
     store: StoreDep,
-    namespace: NamespaceDep = "default",
+    scope: ListScopeDep,
     group: GroupDep = None,
     limit: LimitDep = None,
     continue_: ContinueDep = None,
 ) -> ModelList:
-    items, meta = common.list_page(store, "Model", namespace, group, limit, continue_)
-    return ModelList(items=items, metadata=meta)  # type: ignore[arg-type]
+    items, meta = common.list_page(
+        store, "Model", scope.namespace, group, limit, continue_, scope.visible
+    )
+    return ModelList(items=items, metadata=meta)
 
 
 @router.get("/{name}", response_model=Model, response_model_exclude_none=True)
@@ -90,7 +93,7 @@ def read_model_metrics(
         phase=model.status.phase.value,
         epoch=model.status.epoch,
         latest=model.status.metrics,
-        series=metric_series(reconciler.events(model)),  # type: ignore[arg-type]
+        series=metric_series(reconciler.events(model)),
         snapshots=model.status.snapshots,
     )
 

@@ -11,6 +11,7 @@ from controller.api.deps import (
     ContinueDep,
     GroupDep,
     LimitDep,
+    ListScopeDep,
     NamespaceDep,
     ReconcilerDep,
     StoreDep,
@@ -31,13 +32,15 @@ router = APIRouter(
 @router.get("", response_model=PretrainedModelList, response_model_exclude_none=True)
 def read_pretrained_models(
     store: StoreDep,
-    namespace: NamespaceDep = "default",
+    scope: ListScopeDep,
     group: GroupDep = None,
     limit: LimitDep = None,
     continue_: ContinueDep = None,
 ) -> PretrainedModelList:
-    items, meta = common.list_page(store, "PretrainedModel", namespace, group, limit, continue_)
-    return PretrainedModelList(items=items, metadata=meta)  # type: ignore[arg-type]
+    items, meta = common.list_page(
+        store, "PretrainedModel", scope.namespace, group, limit, continue_, scope.visible
+    )
+    return PretrainedModelList(items=items, metadata=meta)
 
 
 @router.get("/{name}", response_model=PretrainedModel, response_model_exclude_none=True)

@@ -1,0 +1,110 @@
+"""Deletion never blocks forever: with Ray gone, the finalizer gives up after bounded retries,
+cleans storage, posts a Warning Event and lets the object go; also for an object whose spec was
+edited into one the contract refuses (kopf against kmock, no Ray)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes.client import ApiClient
+
+from controller.operator.cluster import build_services
+from controller.ray_local import free_port
+from controller.services import Services
+from controller.settings import Settings
+from tests.operator.apiserver import RunningApiServer
+from tests.operator.conftest import client_for
+from tests.operator.helpers import apply, delete, events, get, patch_spec, phase, wait_for
+
+NS = "team-x"
+
+
+@pytest.fixture(scope="module")
+def operator(
+    apiserver: RunningApiServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Services]:
+    home = tmp_path_factory.mktemp("home")
+    (home / "data" / "train" / "a").mkdir(parents=True)
+    settings = Settings(
+        home=home,
+        ray_address=f"http://127.0.0.1:{free_port()}",  # nothing listens there: Ray is gone
+        data_roots=str(home / "data"),
+        reconcile_interval=0.3,
+    )
+    services = build_services(
+        settings, client_for(apiserver.url), finalize_retries=3, finalize_delay=0.5
+    )
+    services.start()
+    try:
+        yield services
+    finally:
+        services.stop()
+
+
+def test_deletion_is_not_blocked_when_ray_is_gone(operator: Services, kube: ApiClient) -> None:
+    home = operator.settings.home_dir
+    body = {
+        "apiVersion": "kdigits.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "orphan"},
+        "spec": {"source": {"folder": {"train": str(home / "data" / "train")}}},
+    }
+    apply(kube, body, NS)
+    # The reconciler records the attempt before submitting it: Running, with a Ray job id that
+    # Ray never confirmed (it cannot be reached).
+    running = wait_for(
+        lambda: get(kube, "Dataset", "orphan", NS),
+        lambda o: phase(o) == "Running",
+        30,
+        "the attempt to be recorded",
+    )
+    uid = running["metadata"]["uid"]
+    assert running["metadata"]["finalizers"] == ["kdigits.io/finalizer"]
+    prefix = home / "store" / "datasets" / uid
+    assert (prefix / "spec.json").exists()
+    delete(kube, "Dataset", "orphan", NS)
+    wait_for(lambda: get(kube, "Dataset", "orphan", NS), lambda o: o is None, 30, "the release")
+    assert not prefix.exists()
+    forced = [e for e in events(kube, NS, "orphan") if e[1] == "FinalizerForced"]
+    assert len(forced) == 1 and forced[0][0] == "Warning"
+    assert "released after 3 tries" in forced[0][2]
+    assert f"kdigits-dataset-{uid}-1" in forced[0][2]  # names the job it could not stop
+    assert (operator.metrics.registry.get_sample_value("kdigits_reconcile_errors_total") or 0) > 0
+
+
+def test_a_started_job_refuses_a_spec_the_contract_rejects(
+    operator: Services, kube: ApiClient
+) -> None:
+    home = operator.settings.home_dir
+    body = {
+        "apiVersion": "kdigits.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "edited"},
+        "spec": {"source": {"folder": {"train": str(home / "data" / "train")}}},
+    }
+    apply(kube, body, NS)
+    running = wait_for(
+        lambda: get(kube, "Dataset", "edited", NS),
+        lambda o: phase(o) == "Running",
+        30,
+        "the attempt to be recorded",
+    )
+    uid = running["metadata"]["uid"]
+    patch_spec(kube, "Dataset", "edited", NS, {"split": {"valPercent": 60, "testPercent": 50}})
+    refused = wait_for(
+        lambda: get(kube, "Dataset", "edited", NS),
+        lambda o: any(c["type"] == "SpecApplied" for c in o["status"]["conditions"]),
+        30,
+        "the edit to be refused",
+    )
+    spec_applied = next(c for c in refused["status"]["conditions"] if c["type"] == "SpecApplied")
+    assert spec_applied["reason"] == "InvalidSpec"
+    assert "valPercent + testPercent must be less than 100" in spec_applied["message"]
+    assert refused["status"]["phase"] == "Running"  # the job keeps the spec it started with
+    assert any(e[1] == "SpecChangeRefused" for e in events(kube, NS, "edited"))
+    delete(kube, "Dataset", "edited", NS)
+    wait_for(lambda: get(kube, "Dataset", "edited", NS), lambda o: o is None, 30, "the release")
+    assert not (home / "store" / "datasets" / uid).exists()
+    forced = [e for e in events(kube, NS, "edited") if e[1] == "FinalizerForced"]
+    assert forced and f"dataset {uid}" in forced[0][2]
