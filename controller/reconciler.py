@@ -479,8 +479,10 @@ class Reconciler:
         sid = str(status.submission_id)
         kind = obj.kind.lower()  # type: ignore[attr-defined]
         meta = obj.metadata
+        # Drivers reserve no CPU: they only hand out work and wait, and a reserved CPU per
+        # driver starves the builds' own tasks when several run on a small head.
         if isinstance(obj, Dataset):
-            command, num_cpus = self._dataset_command(obj), 1.0
+            command, num_cpus = self._dataset_command(obj), 0.0
         else:
             assert isinstance(obj, Model)
             try:

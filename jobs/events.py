@@ -86,7 +86,9 @@ def parse_jsonl(data: bytes) -> list[Event]:
 
 
 def to_jsonl(events: Iterable[Event]) -> bytes:
-    return "".join(json.dumps(e, separators=(",", ":"), sort_keys=True) + "\n" for e in events).encode()
+    return "".join(
+        json.dumps(e, separators=(",", ":"), sort_keys=True) + "\n" for e in events
+    ).encode()
 
 
 class EventLog:

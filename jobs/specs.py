@@ -28,9 +28,7 @@ VERSION = "v1alpha1"
 API_VERSION: Final = "kdigits.io/v1alpha1"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-ResourceName = Annotated[
-    str, StringConstraints(min_length=1, max_length=63, pattern=DNS1123_LABEL)
-]
+ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 """A Kubernetes object name (DNS-1123 label): what a Dataset, Model or namespace is called."""
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
@@ -64,7 +62,7 @@ class SpecModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """DIGITS' job states under Kubernetes-style names."""
 
     PENDING = "Pending"  # DIGITS INIT
@@ -109,8 +107,8 @@ class TextfileSource(SpecModel):
 class S3Source(SpecModel):
     """A bucket prefix laid out like a folder source: `<prefix>/train/<class>/...`."""
 
-    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/.*)?$")] | None = (
-        Field(None, description="S3 endpoint URL; empty for AWS or the store's own endpoint")
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/.*)?$")] | None = Field(
+        None, description="S3 endpoint URL; empty for AWS or the store's own endpoint"
     )
     bucket: Annotated[
         str, StringConstraints(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")
@@ -142,7 +140,7 @@ class DatasetSource(SpecModel):
         return self
 
 
-class ResizeMode(str, enum.Enum):
+class ResizeMode(enum.StrEnum):
     """DIGITS' resize modes."""
 
     SQUASH = "squash"  # ignore the aspect ratio
@@ -189,7 +187,7 @@ class SplitSpec(SpecModel):
         return self
 
 
-class Encoding(str, enum.Enum):
+class Encoding(enum.StrEnum):
     """How images are stored in the shards."""
 
     NONE = "none"  # raw uint8 pixels: largest, fastest to read
@@ -224,7 +222,7 @@ class PretrainedNetwork(SpecModel):
     name: ResourceName = Field(description="Name of a PretrainedModel in the same namespace")
 
 
-class LayerType(str, enum.Enum):
+class LayerType(enum.StrEnum):
     CONV = "conv"
     MAXPOOL = "maxpool"
     AVGPOOL = "avgpool"
@@ -322,7 +320,7 @@ class TrainingSpec(SpecModel):
     seed: int | None = Field(None, ge=0, description="Random seed; empty: not reproducible")
 
 
-class SolverType(str, enum.Enum):
+class SolverType(enum.StrEnum):
     SGD = "sgd"
     NESTEROV = "nesterov"
     ADAGRAD = "adagrad"
@@ -332,7 +330,7 @@ class SolverType(str, enum.Enum):
     ADAMW = "adamw"
 
 
-class LrPolicyType(str, enum.Enum):
+class LrPolicyType(enum.StrEnum):
     FIXED = "fixed"
     STEP = "step"
     MULTISTEP = "multistep"
@@ -407,13 +405,13 @@ class SolverSpec(SpecModel):
         return value.lower() if isinstance(value, str) else value
 
 
-class MeanSubtraction(str, enum.Enum):
+class MeanSubtraction(enum.StrEnum):
     NONE = "none"
     IMAGE = "image"
     PIXEL = "pixel"
 
 
-class Flip(str, enum.Enum):
+class Flip(enum.StrEnum):
     NONE = "none"
     LR = "lr"
     UD = "ud"
@@ -564,7 +562,9 @@ class ObjectMeta(SpecModel):
     @classmethod
     def _label_values(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
-            if not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", key):
+            if not re.fullmatch(
+                r"([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", key
+            ):
                 raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
             if value and not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", value):
                 raise ValueError(f"label {key!r} has an invalid value {value!r}")
