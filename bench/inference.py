@@ -12,10 +12,13 @@ files with a DIGITS image list (`path label` per line).
 - the reference: a plain in-process torch forward pass over the same 10,000 digits, already
   decoded into one uint8 array (mean subtraction, LeNet, softmax, batches of 256).
   Each is run three times, alternating, and the fastest run of each is kept.
-- classify-one latency: one PNG in, top-5 out, with the model warm, 300 requests, p50/p99.
-  Through REST (`POST /api/v1/models/{name}/classify`) when the controller serves that route;
-  otherwise through `LoadedModel.classify_one` (the function the route calls), said in the
-  output.
+- classify-one latency through REST: the controller's FastAPI app served by uvicorn in a
+  separate process on loopback (the same app `kdigits serve` runs, without its Ray head and
+  reconciler, which a classify request does not touch), the model recorded as a Succeeded Model
+  in its job store with the snapshot in its object store; an httpx client (keep-alive) posts one
+  PNG as `image_file` to `POST /api/v1/models/bench/classify` and reads the top-5 answer, 300
+  times after 30 warm-up requests (the model stays warm in the app's ModelCache); p50/p99 of
+  the round trip.
 
 Last line: `RESULT images_per_s=... reference_images_per_s=... ratio=... p50_ms=... p99_ms=...`.
 """
@@ -23,12 +26,16 @@ Last line: `RESULT images_per_s=... reference_images_per_s=... ratio=... p50_ms=
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
@@ -48,6 +55,8 @@ DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist10k.npz"
 TRAIN_COUNT = 8000
 BATCH = 256
 LATENCY_REQUESTS = 300
+WARM_REQUESTS = 30
+MODEL_NAME = "bench"
 ROUNDS = 3
 
 
@@ -55,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST, help="the 10k-digit npz")
     parser.add_argument("--threads", type=int, default=2, help="image reading threads")
+    parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)  # child mode
     return parser.parse_args()
 
 
@@ -79,14 +89,16 @@ def train(images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, torch.Tenso
     return weights, mean.numpy().transpose(1, 2, 0).copy()
 
 
-def save_snapshot(store: LocalStore, weights: dict[str, torch.Tensor], mean: np.ndarray) -> str:
+def save_snapshot(
+    store: LocalStore, weights: dict[str, torch.Tensor], mean: np.ndarray, model_id: str
+) -> str:
     info = NetworkInfo(
         network=NetworkSpec(standard="lenet"),
         channels=1, height=28, width=28, image_height=28, image_width=28, classes=10,
         labels=[str(d) for d in range(10)], mean_subtraction=MeanSubtraction.IMAGE,
-        epoch=1, model_id="bench", dataset_id="mnist",
+        epoch=1, model_id=model_id, dataset_id="mnist",
     )  # fmt: skip
-    prefix = layout.snapshot_prefix("bench", 1)
+    prefix = layout.snapshot_prefix(model_id, 1)
     put_snapshot(store, prefix, encode_snapshot(weights, info, {"epoch": 1}, mean))
     dataset = DatasetSpec.model_validate(
         {"source": {"folder": {"train": "/data"}}, "image": {"channels": 1, "width": 28,
@@ -137,22 +149,101 @@ def product_rate(
     return len(entries) / elapsed, answer
 
 
-def rest_route_exists() -> bool:
-    routes = REPO / "controller" / "api" / "routes"
-    return any("/classify" in p.read_text() for p in routes.glob("*.py"))
+def server_env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KDIGITS_HOME": str(home),
+        "KDIGITS_RAY_ADDRESS": "http://127.0.0.1:9",  # never called: no reconciler, no lists
+        "KDIGITS_DATA_ROOTS": str(home),
+        "KDIGITS_TOKEN": "",
+        "PYTHONPATH": str(REPO),
+    }
 
 
-def latency(model: object, image: bytes) -> list[float]:
-    timings = []
-    for _ in range(LATENCY_REQUESTS):
-        start = time.perf_counter()
-        model.classify_one(image, top_k=5)  # type: ignore[attr-defined]
-        timings.append((time.perf_counter() - start) * 1000)
-    return timings
+def register_model(home: Path) -> str:
+    """A Succeeded Model `bench` in the job store that `kdigits serve` would use; its uid."""
+    from controller.settings import Settings
+    from controller.store import SQLiteStore
+    from jobs.specs import Model, ModelSpec, ObjectMeta, Phase
+
+    store = SQLiteStore(Settings(home=home).database)
+    try:
+        spec = ModelSpec.model_validate({"dataset": "mnist", "network": {"standard": "lenet"}})
+        model = store.create(Model(metadata=ObjectMeta(name=MODEL_NAME), spec=spec))
+        model.status.phase = Phase.SUCCEEDED
+        store.update_status(model)
+        return str(model.metadata.uid)
+    finally:
+        store.close()
+
+
+def serve(port: int) -> int:
+    """Child mode: the controller's REST app under uvicorn on loopback."""
+    import uvicorn
+
+    from controller.api.main import create_app
+
+    uvicorn.run(create_app(run_reconciler=False), host="127.0.0.1", port=port, log_level="warning")
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rest_latency(home: Path, image: bytes) -> list[float]:
+    """Round trips of POST /api/v1/models/bench/classify against a uvicorn child process."""
+    port = free_port()
+    log = (home / "serve.log").open("wb")
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
+        env=server_env(home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                if child.poll() is not None:
+                    raise RuntimeError(f"server exited: {(home / 'serve.log').read_text()}")
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the REST server did not start")
+                time.sleep(0.2)
+            path = f"/api/v1/models/{MODEL_NAME}/classify"
+            files = {"image_file": ("digit.png", image, "image/png")}
+            timings = []
+            for index in range(WARM_REQUESTS + LATENCY_REQUESTS):
+                start = time.perf_counter()
+                response = http.post(path, files=files, data={"top_k": "5"})
+                elapsed = (time.perf_counter() - start) * 1000
+                response.raise_for_status()
+                assert len(response.json()["predictions"]) == 5
+                if index >= WARM_REQUESTS:
+                    timings.append(elapsed)
+            return timings
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        log.close()
 
 
 def main() -> int:
     args = parse_args()
+    if args.serve:
+        return serve(args.serve)
     with np.load(args.mnist) as data:
         images, labels = data["images"], data["labels"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(images)} digits")
@@ -164,8 +255,11 @@ def main() -> int:
             f"trained LeNet for one epoch on {TRAIN_COUNT} digits in "
             f"{time.perf_counter() - started:.1f}s"
         )
-        store = LocalStore(work / "store")
-        prefix = save_snapshot(store, weights, mean)
+        home = work / "home"
+        home.mkdir()
+        model_id = register_model(home)
+        store = LocalStore(home / "store")
+        prefix = save_snapshot(store, weights, mean, model_id)
         folder = work / "images"
         text = write_images(folder, images, labels)
         model = load_model(store, prefix, device="cpu")
@@ -197,20 +291,12 @@ def main() -> int:
         )
 
         png = (folder / text.split(" ", 1)[0]).read_bytes()
-        latency(model, png)[:20]  # warm
-        if rest_route_exists():
-            print(
-                "classify-one: the controller has a /classify route, but this benchmark "
-                "does not drive it yet; measured through LoadedModel.classify_one"
-            )
-        else:
-            print(
-                "classify-one: no REST /classify route in controller/api/routes yet; measured "
-                "through LoadedModel.classify_one (what the route will call), model warm"
-            )
-        timings = latency(model, png)
+        timings = rest_latency(home, png)
         p50, p99 = np.percentile(timings, 50), np.percentile(timings, 99)
-        print(f"  {LATENCY_REQUESTS} requests: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        print(
+            f"classify-one through REST (uvicorn on loopback, model warm): {LATENCY_REQUESTS} "
+            f"requests, p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
         best, reference = max(products), max(references)
         print(
             f"RESULT images_per_s={best:.0f} reference_images_per_s={reference:.0f} "

@@ -245,6 +245,90 @@ def summary(client: ApiClient, obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_use(args: argparse.Namespace) -> int:
+    """`kdigits model classify|classify-many|download|make-pretrained`."""
+    client = _client(args)
+    action = args.action
+    if action == "classify":
+        answer = client.classify(
+            args.name, args.image, on_server=args.server_path, epoch=args.epoch,
+            top_k=args.top_k, visualize=args.visualize,
+        )  # fmt: skip
+        if args.output != "table":
+            emit(answer, args.output)
+            return 0
+        for label, probability in answer["predictions"]:
+            print(f"{label}\t{probability * 100:.2f}%")
+        return 0
+    if action == "classify-many":
+        answer = client.classify_many(
+            args.name, args.list, folder=_abs(args.folder), epoch=args.epoch, top_k=args.top_k
+        )
+        if args.output != "table":
+            emit(answer, args.output)
+            return 0
+        for path, predictions in answer["classifications"].items():
+            label, probability = predictions[0]
+            print(f"{path}\t{label}\t{probability * 100:.2f}%")
+        for path, reason in answer.get("errors", {}).items():
+            print(f"{path}\terror: {reason}")
+        if answer.get("top1Accuracy") is not None:
+            print(
+                f"top-1 accuracy {answer['top1Accuracy'] * 100:.2f}%, "
+                f"top-5 accuracy {answer['top5Accuracy'] * 100:.2f}% "
+                f"over {answer['evaluated']} labelled images"
+            )
+        return 0
+    if action == "download":
+        path = client.download(args.name, epoch=args.epoch, fmt=args.format, out=args.file)
+        print(path)
+        return 0
+    if action == "make-pretrained":
+        obj = client.make_pretrained(args.name, pretrained_name=args.as_name, epoch=args.epoch)
+        emit(obj, args.output)
+        return 0
+    raise UsageError(f"unknown action {action}")
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    """`kdigits pretrained upload|list|get|delete`."""
+    client = _client(args)
+    plural = "pretrained-models"
+    if args.action == "upload":
+        if bool(args.archive) == bool(args.weights):
+            raise UsageError("pretrained upload needs --archive FILE, or --weights and --network")
+        image: dict[str, Any] = {}
+        if args.channels is not None:
+            image["channels"] = args.channels
+        if args.size:
+            try:
+                image["width"], image["height"] = (int(v) for v in args.size.lower().split("x"))
+            except ValueError:
+                raise UsageError(f"--size must be WxH, got {args.size!r}") from None
+        if args.resize_mode:
+            image["resize_mode"] = args.resize_mode
+        network = args.network
+        if network and network.startswith("@"):  # @layers.json: a layer list from a file
+            network = Path(network[1:]).read_text()
+        obj = client.upload_pretrained(
+            args.name, archive=args.archive, weights=args.weights, network=network,
+            labels=args.labels, mean=args.mean, image=image,
+        )  # fmt: skip
+        emit(obj, args.output)
+        return 0
+    if args.action == "list":
+        emit(client.list(plural), args.output)
+        return 0
+    if args.action == "get":
+        emit(client.get(plural, args.name), args.output if args.output != "table" else "yaml")
+        return 0
+    if args.action == "delete":
+        client.delete(plural, args.name)
+        print(f"pretrained model {args.name} deleted")
+        return 0
+    raise UsageError(f"unknown action {args.action}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from controller.serve import main as serve_main
 
@@ -274,10 +358,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=None, help="REST API (default: KDIGITS_URL)")
-    common.add_argument("--token", default=None, help="bearer token (default: KDIGITS_TOKEN)")
-    common.add_argument("-n", "--namespace", default="default")
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=None, help="REST API (default: KDIGITS_URL)")
+    connection.add_argument("--token", default=None, help="bearer token (default: KDIGITS_TOKEN)")
+    connection.add_argument("-n", "--namespace", default="default")
+    common = argparse.ArgumentParser(add_help=False, parents=[connection])
     common.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
     parser = argparse.ArgumentParser(prog="kdigits", description="DIGITS on Kubernetes + Ray")
@@ -344,7 +429,58 @@ def build_parser() -> argparse.ArgumentParser:
         logs.add_argument("name")
         logs.add_argument("-f", "--follow", action="store_true")
         res.set_defaults(func=cmd_resource, resource=resource)
+        if resource == "model":
+            _model_use_parsers(actions, common, connection)
+
+    pre = sub.add_parser("pretrained", help="pretrained models")
+    pre_actions = pre.add_subparsers(dest="action", required=True)
+    upload = pre_actions.add_parser("upload", parents=[common])
+    upload.add_argument("name")
+    upload.add_argument("--archive", help="a kdigits download archive (.tar.gz or .zip)")
+    upload.add_argument("--weights", help="model.safetensors, or a state dict (.pt)")
+    upload.add_argument("--network", help="a network name, or @FILE with a JSON layer list")
+    upload.add_argument("--labels", help="labels.txt (may be empty)")
+    upload.add_argument("--mean", help="mean.npy")
+    upload.add_argument("--channels", type=int, choices=[1, 3])
+    upload.add_argument("--size", help="WxH, e.g. 28x28")
+    upload.add_argument("--resize-mode", choices=RESIZE_MODES)
+    pre_actions.add_parser("list", parents=[common])
+    for action in ("get", "delete"):
+        pre_actions.add_parser(action, parents=[common]).add_argument("name")
+    pre.set_defaults(func=cmd_pretrained)
     return parser
+
+
+def _model_use_parsers(
+    actions: Any, common: argparse.ArgumentParser, connection: argparse.ArgumentParser
+) -> None:
+    """`model classify|classify-many|download|make-pretrained` (DESIGN.md's CLI contract)."""
+    classify = actions.add_parser("classify", parents=[common], help="classify one image")
+    classify.add_argument("name")
+    classify.add_argument("image", help="a local file, a URL, or with --server-path a path")
+    classify.add_argument(
+        "--server-path", action="store_true", help="IMAGE is a path inside the server's roots"
+    )
+    classify.add_argument("--visualize", action="store_true", help="per-layer statistics")
+    many = actions.add_parser("classify-many", parents=[common], help="classify an image list")
+    many.add_argument("name")
+    many.add_argument("list", help="a local file of `path [label]` lines")
+    many.add_argument("--folder", help="folder (on the server) relative list paths are under")
+    for parser in (classify, many):
+        parser.add_argument("--epoch", type=float, help="snapshot epoch (default: the last)")
+        parser.add_argument("--top-k", type=int, default=5)
+        parser.set_defaults(func=cmd_use)
+    download = actions.add_parser("download", parents=[connection], help="download the model")
+    download.add_argument("name")
+    download.add_argument("--epoch", type=float)
+    download.add_argument("--format", choices=["tar.gz", "zip"], default="tar.gz")
+    download.add_argument("-o", "--file", help="where to save it (default: the server's name)")
+    download.set_defaults(func=cmd_use, output="table")
+    make = actions.add_parser("make-pretrained", parents=[common], help="publish a snapshot")
+    make.add_argument("name")
+    make.add_argument("--name", dest="as_name", help="the pretrained model's name")
+    make.add_argument("--epoch", type=float)
+    make.set_defaults(func=cmd_use)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

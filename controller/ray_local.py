@@ -78,9 +78,17 @@ class LocalRayHead:
         ray_bin = Path(sys.executable).with_name("ray")
         # A short path: Ray puts Unix sockets under it and their paths are length-limited.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="kdray-", dir="/tmp"))
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
         worker_start = _free_port_range(100)
+        # Every named port outside the worker range and distinct: Ray refuses overlaps.
+        taken = set(range(worker_start, worker_start + 100))
+        ports: list[int] = []
+        while len(ports) < 9:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                ports.append(port)
+        self.gcs_port, self.dashboard_port = ports[0], ports[1]
+        free = iter(ports[2:])
         args = [
             str(ray_bin),
             "start",
@@ -90,13 +98,13 @@ class LocalRayHead:
             f"--port={self.gcs_port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={next(free)}",
+            f"--node-manager-port={next(free)}",
+            f"--object-manager-port={next(free)}",
+            f"--dashboard-agent-listen-port={next(free)}",
+            f"--dashboard-agent-grpc-port={next(free)}",
+            f"--runtime-env-agent-port={next(free)}",
+            f"--metrics-export-port={next(free)}",
             f"--min-worker-port={worker_start}",
             f"--max-worker-port={worker_start + 99}",
             f"--temp-dir={self.temp_dir}",

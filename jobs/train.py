@@ -4,7 +4,8 @@ The driver (this entry point, run by the Ray Jobs API) reads `models/<id>/spec.j
 dataset, resolves the network (a `previous` or `pretrained` one from `--init-from`, a snapshot
 prefix), and checks everything it can before compute is spent: a network that cannot take the
 images, a crop larger than them, a previous model trained on another input shape. Those fail
-with a message naming the field and a `done` event with phase Failed, exit code 1.
+with a message naming the field and a `done` event with phase Failed, exit code 2 (bad
+input: the controller does not retry it); a training failure exits 1.
 
 It then loads small datasets into Ray's object store once and runs a Ray Train TorchTrainer
 whose module-level `train_func(config)` trains with DDP on every worker: per-rank sharding of
@@ -13,6 +14,10 @@ on GPU, batch accumulation. Rank 0 alone emits events (train loss every few iter
 loss/accuracy at each validation interval, learning rate, images/s per training epoch, epoch,
 progress and ETA), rewrites `events.jsonl` at each validation and snapshot, and writes
 snapshots (jobs.snapshots) to the store, each also reported as a Ray Train checkpoint.
+`training.batchSize` is the global batch: each of N workers takes ceil(batchSize / N), so N
+DDP workers take the same solver steps as one. Metric names: `loss`, `accuracy` (a fraction),
+`learning_rate`, `images_per_second` (split `train`, one per epoch, training time only); the
+first `progress` event of each attempt carries rank 0's `pid`, `rank` and `world`.
 
 Resume: every attempt (Ray Train restarting its workers, or the controller re-submitting the
 job) starts from the newest complete snapshot, in the store or from ray.train.get_checkpoint(),
@@ -735,7 +740,8 @@ def build_trainer(plan: Plan, args: argparse.Namespace) -> Any:
             use_gpu=resources.gpus_per_worker > 0,
             resources_per_worker=per_worker,
         ),
-        run_config=RunConfig(
+        # Train V2's RunConfig (what ray.train exports at run time; mypy sees the V1 one).
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=ray_run_name(plan),
             storage_path=ray_storage_path(args),
             failure_config=FailureConfig(max_failures=args.max_failures),
@@ -769,7 +775,8 @@ def main(args: argparse.Namespace) -> int:
         spec = read_spec(store, args.model_id)
         plan, data = plan_job(args, store, spec)
     except (SetupError, ValueError) as error:
-        return fail(store, args.model_id, str(error))
+        fail(store, args.model_id, str(error))
+        return 2  # bad input: the controller does not retry it
     store.put_bytes(
         f"{layout.model_prefix(args.model_id)}labels.txt", ("\n".join(plan.labels) + "\n").encode()
     )

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from controller import __version__
 from controller.api import admission, errors
-from controller.api.routes import datasets, health, info, models, pretrained
+from controller.api.routes import datasets, health, inference, info, models, pretrained
 from controller.metrics import HttpMetricsMiddleware
 from controller.services import Services
 from controller.settings import Settings
@@ -44,7 +44,7 @@ def create_app(
     )
     app.state.services = services
     errors.install(app)
-    for module in (datasets, models, pretrained, info, health):
+    for module in (datasets, models, inference, pretrained, info, health):
         app.include_router(module.router)
     app.add_middleware(HttpMetricsMiddleware, metrics=services.metrics)
     return app

@@ -119,7 +119,7 @@ def test_bad_inputs_fail_before_training(
     # A crop larger than the images.
     write_model_spec(store, "big-crop", {**_lenet_spec(1), "transform": {"cropSize": 32}})
     result = _run_cli(store, "big-crop", "digits")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "transform.cropSize: 32 is larger than the dataset's 28x28 images" in result.stderr
 
     # Fine-tuning a model trained on another input shape.
@@ -132,7 +132,7 @@ def test_bad_inputs_fail_before_training(
     spec = {**_lenet_spec(1), "network": {"pretrained": {"name": "color32"}}}
     write_model_spec(store, "finetune", spec)
     result = _run_cli(store, "finetune", "digits", "--init-from", "pretrained/color32/")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert (
         "network.pretrained: the model was trained on 3-channel images but the dataset's "
         "image.channels is 1" in result.stderr
