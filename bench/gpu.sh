@@ -10,27 +10,34 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0
 
-usable() { "$1" -c 'import torch, ray.train, safetensors, pydantic; assert torch.cuda.is_available()' 2>/dev/null; }
-PY=.venv/bin/python
-if ! usable "$PY"; then
-  if usable python3; then
-    PY=python3
-  else
-    echo "installing the venv (make install; pip uses PIP_FIND_LINKS when offline)" >&2
-    make install >/dev/null || { echo "RESULT case=setup failed=install"; exit 1; }
-    PY=.venv/bin/python
-  fi
+usable() { "$1" -c 'import torch, ray.train, safetensors, pydantic_settings; assert torch.cuda.is_available()'; }
+# A GPU machine without internet: the Python packages it lacks can come as a tarball of a
+# `pip install --target` tree (KDIGITS_SITE_TARBALL), unpacked onto PYTHONPATH.
+if [ -n "${KDIGITS_SITE_TARBALL:-}" ]; then
+  mkdir -p /tmp/kdigits-site && tar -xJf "$KDIGITS_SITE_TARBALL" -C /tmp/kdigits-site \
+    || { echo "RESULT case=setup failed=unpack"; exit 1; }
+  export PYTHONPATH=/tmp/kdigits-site${PYTHONPATH:+:$PYTHONPATH}
 fi
+PY=.venv/bin/python
+[ -x "$PY" ] && usable "$PY" 2>/dev/null || PY=python3
+usable "$PY" || { echo "RESULT case=setup failed=imports"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'
 
 status=0
+LOGS=${KDIGITS_LOG_DIR:-/tmp}
 run_case() {
   local label=$1; shift
   echo "== $label"
-  timeout 170 "$PY" bench/train_lenet.py --gpu --cpus 4 --label "$label" "$@" 2>&1 \
-    | grep -E '^(RESULT|job:|  reference|training job|dataset built|  done)' \
-    || { echo "RESULT case=$label failed=1"; status=1; }
+  timeout "${KDIGITS_CASE_TIMEOUT:-150}" "$PY" bench/train_lenet.py --gpu --cpus 4 --label "$label" "$@" \
+    >"$LOGS/gpu_$label.log" 2>&1
+  local rc=$?
+  grep -E '^(RESULT|job:|  reference|training job|dataset built|  done)' "$LOGS/gpu_$label.log"
+  if [ $rc -ne 0 ]; then
+    tail -n 25 "$LOGS/gpu_$label.log"
+    echo "RESULT case=$label failed=$rc"
+    status=1
+  fi
 }
 run_case lenet_fp32 --epochs 10
 run_case lenet_amp --epochs 10 --mixed-precision

@@ -144,7 +144,10 @@ def write_synthetic_dataset(store: ObjectStore, shape: str, count: int) -> str:
 
 
 def _runtime_env() -> dict[str, Any]:
-    return {"env_vars": {"PYTHONPATH": str(REPO)}}
+    # The repository first, then whatever PYTHONPATH already holds (packages installed with
+    # `pip install --target`, as on a GPU machine with no venv).
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
 def _wait(

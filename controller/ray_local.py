@@ -27,6 +27,15 @@ from pathlib import Path
 RAY_START_TIMEOUT_S = 90.0
 
 
+def _ray_command() -> list[str]:
+    """The `ray` CLI of this interpreter: the script beside it, or the module when Ray was put
+    on PYTHONPATH without its console scripts (a pre-built image, a `pip install --target`)."""
+    script = Path(sys.executable).with_name("ray")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -75,7 +84,7 @@ class LocalRayHead:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self, timeout: float = RAY_START_TIMEOUT_S) -> LocalRayHead:
-        ray_bin = Path(sys.executable).with_name("ray")
+        ray_command = _ray_command()
         # A short path: Ray puts Unix sockets under it and their paths are length-limited.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="kdray-", dir="/tmp"))
         worker_start = _free_port_range(100)
@@ -90,7 +99,7 @@ class LocalRayHead:
         self.gcs_port, self.dashboard_port = ports[0], ports[1]
         free = iter(ports[2:])
         args = [
-            str(ray_bin),
+            *ray_command,
             "start",
             "--head",
             "--block",
