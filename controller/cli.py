@@ -245,39 +245,73 @@ def summary(client: ApiClient, obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_use(args: argparse.Namespace) -> int:
-    """`kdigits model classify|classify-many|download|make-pretrained`."""
-    client = _client(args)
-    action = args.action
-    if action == "classify":
-        answer = client.classify(
+def _print_errors(answer: dict[str, Any]) -> None:
+    """The images of a list that could not be read, with the reason."""
+    for path, reason in answer.get("errors", {}).items():
+        print(f"{path}\terror: {reason}")
+
+
+def _print_predictions(answer: dict[str, Any]) -> None:
+    for label, probability in answer["predictions"]:
+        print(f"{label}\t{probability * 100:.2f}%")
+
+
+def _print_classifications(answer: dict[str, Any]) -> None:
+    for path, predictions in answer["classifications"].items():
+        label, probability = predictions[0]
+        print(f"{path}\t{label}\t{probability * 100:.2f}%")
+    _print_errors(answer)
+    if answer.get("top1Accuracy") is not None:
+        print(
+            f"top-1 accuracy {answer['top1Accuracy'] * 100:.2f}%, "
+            f"top-5 accuracy {answer['top5Accuracy'] * 100:.2f}% "
+            f"over {answer['evaluated']} labelled images"
+        )
+
+
+def _print_top_n(answer: dict[str, Any]) -> None:
+    """Each class, then its images, most confident first."""
+    for category in answer["topN"]:
+        print(category["label"])
+        for image in category["images"]:
+            print(f"  {image['path']}\t{image['probability'] * 100:.2f}%")
+    _print_errors(answer)
+
+
+TABLES = {
+    "classify": _print_predictions,
+    "classify-many": _print_classifications,
+    "top-n": _print_top_n,
+}
+
+
+def _classify(client: ApiClient, args: argparse.Namespace) -> dict[str, Any]:
+    """The answer of `model classify`, `classify-many` or `top-n`."""
+    if args.action == "classify":
+        return client.classify(
             args.name, args.image, on_server=args.server_path, epoch=args.epoch,
             top_k=args.top_k, visualize=args.visualize,
         )  # fmt: skip
-        if args.output != "table":
-            emit(answer, args.output)
-            return 0
-        for label, probability in answer["predictions"]:
-            print(f"{label}\t{probability * 100:.2f}%")
-        return 0
-    if action == "classify-many":
-        answer = client.classify_many(
-            args.name, args.list, folder=_abs(args.folder), epoch=args.epoch, top_k=args.top_k
+    folder = _abs(args.folder)
+    if args.action == "top-n":
+        return client.classify_many(
+            args.name, args.list, folder=folder, epoch=args.epoch, top_n=args.top_n
         )
-        if args.output != "table":
+    return client.classify_many(
+        args.name, args.list, folder=folder, epoch=args.epoch, top_k=args.top_k
+    )
+
+
+def cmd_use(args: argparse.Namespace) -> int:
+    """`kdigits model classify|classify-many|top-n|download|make-pretrained`."""
+    client = _client(args)
+    action = args.action
+    if action in TABLES:
+        answer = _classify(client, args)
+        if args.output == "table":
+            TABLES[action](answer)
+        else:
             emit(answer, args.output)
-            return 0
-        for path, predictions in answer["classifications"].items():
-            label, probability = predictions[0]
-            print(f"{path}\t{label}\t{probability * 100:.2f}%")
-        for path, reason in answer.get("errors", {}).items():
-            print(f"{path}\terror: {reason}")
-        if answer.get("top1Accuracy") is not None:
-            print(
-                f"top-1 accuracy {answer['top1Accuracy'] * 100:.2f}%, "
-                f"top-5 accuracy {answer['top5Accuracy'] * 100:.2f}% "
-                f"over {answer['evaluated']} labelled images"
-            )
         return 0
     if action == "download":
         path = client.download(args.name, epoch=args.epoch, fmt=args.format, out=args.file)
@@ -454,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_use_parsers(
     actions: Any, common: argparse.ArgumentParser, connection: argparse.ArgumentParser
 ) -> None:
-    """`model classify|classify-many|download|make-pretrained` (DESIGN.md's CLI contract)."""
+    """`model classify|classify-many|download|make-pretrained` (DESIGN.md's CLI contract), and
+    `model top-n` (DIGITS' Top N page)."""
     classify = actions.add_parser("classify", parents=[common], help="classify one image")
     classify.add_argument("name")
     classify.add_argument("image", help="a local file, a URL, or with --server-path a path")
@@ -463,13 +498,22 @@ def _model_use_parsers(
     )
     classify.add_argument("--visualize", action="store_true", help="per-layer statistics")
     many = actions.add_parser("classify-many", parents=[common], help="classify an image list")
-    many.add_argument("name")
-    many.add_argument("list", help="a local file of `path [label]` lines")
-    many.add_argument("--folder", help="folder (on the server) relative list paths are under")
-    for parser in (classify, many):
+    top = actions.add_parser(
+        "top-n", parents=[common], help="per class, the images of a list most surely of it"
+    )
+    for parser in (many, top):
+        parser.add_argument("name")
+        parser.add_argument("list", help="a local file of `path [label]` lines")
+        parser.add_argument("--folder", help="folder (on the server) relative list paths are under")
+    # `-n` is --namespace on every command, so N is given as --top-n (like classify's --top-k)
+    top.add_argument(
+        "--top-n", type=int, default=9, metavar="N", help="images per class (DIGITS: 9)"
+    )
+    for parser in (classify, many, top):
         parser.add_argument("--epoch", type=float, help="snapshot epoch (default: the last)")
-        parser.add_argument("--top-k", type=int, default=5)
         parser.set_defaults(func=cmd_use)
+    for parser in (classify, many):
+        parser.add_argument("--top-k", type=int, default=5)
     download = actions.add_parser("download", parents=[connection], help="download the model")
     download.add_argument("name")
     download.add_argument("--epoch", type=float)

@@ -2,7 +2,8 @@
 
 Each pass reads every object from the store and acts on the difference between its status and
 what Ray reports:
-- deletion requested: stop and forget its Ray jobs, delete its storage prefix, remove it;
+- deletion requested: stop and forget its Ray jobs, delete its storage prefix, remove it; a
+  PretrainedModel that a model still starts from (`pretrained_users`) waits until they finish;
 - Running: read its Ray job (by the deterministic submission id), tail the job's event lines
   into status and the Prometheus collectors, and on a terminal Ray state finish, retry
   (attempt + 1, the job resumes from its last snapshot) or fail;
@@ -71,6 +72,22 @@ def prefix_of(obj: Resource) -> str:
     if isinstance(obj, Model):
         return layout.model_prefix(uid)
     return layout.pretrained_prefix(uid)
+
+
+def pretrained_users(store: Store, name: str, namespace: str) -> list[str]:
+    """The models that start from PretrainedModel `name` (`spec.network.pretrained.name`, same
+    namespace) and have not finished (Pending, Queued or Running; not those being deleted).
+    While there are any, the pretrained model's files must stay: REST refuses the delete (409)
+    and the reconciler holds a deletion that got past it (kubectl, or a race)."""
+    return sorted(
+        m.metadata.name
+        for m in store.list("Model", namespace).items
+        if isinstance(m, Model)
+        and m.spec.network.pretrained is not None
+        and m.spec.network.pretrained.name == name
+        and not m.status.phase.terminal
+        and m.metadata.deletion_timestamp is None
+    )
 
 
 def log_key(obj: Resource, attempt: int) -> str:
@@ -507,6 +524,13 @@ class Reconciler:
         status: JobStatus | None = getattr(obj, "status", None)
         kind = obj.kind.lower()  # type: ignore[attr-defined]
         pending = False
+        if isinstance(obj, PretrainedModel):
+            users = pretrained_users(self.store, obj.metadata.name, obj.metadata.namespace)
+            if users:  # keep its files until the models that start from it have finished
+                held = obj.status.model_copy()
+                held.message = f"deletion waits for model(s) {', '.join(users)} to finish"
+                self._save(obj, held)
+                return
         if not isinstance(obj, PretrainedModel) and status is not None:
             for attempt in range(1, status.attempt + 1):
                 sid = submission_id(kind, str(obj.metadata.uid), attempt)

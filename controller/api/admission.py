@@ -3,8 +3,9 @@
 - folder and textfile paths must be absolute and lie inside KDIGITS_DATA_ROOTS once symlinks
   are resolved, and exist;
 - an S3 endpoint must be the store's own or one of KDIGITS_ALLOWED_URL_HOSTS;
-- a Model's dataset, previous model and pretrained model must exist; a standard network must
-  be known; custom Python only when KDIGITS_ALLOW_CUSTOM_PYTHON is set.
+- a Model's dataset, previous model and pretrained model must exist (a pretrained model that is
+  being deleted is refused too); a standard network must be known; custom Python only when
+  KDIGITS_ALLOW_CUSTOM_PYTHON is set.
 Each failure is a 422 naming the field.
 """
 
@@ -116,11 +117,18 @@ def known_network(name: str) -> bool:
     return name in names
 
 
-def check_model(spec: ModelSpec, namespace: str, settings: Settings, store: Store) -> None:
+def _must_exist(store: Store, kind: str, name: str, namespace: str, field: str, what: str) -> None:
+    """422 on `field` unless the named object is there (and not on its way out)."""
     try:
-        store.get("Dataset", spec.dataset, namespace)
+        obj = store.get(kind, name, namespace)
     except NotFound:
-        raise _invalid("spec.dataset", f'dataset "{spec.dataset}" does not exist') from None
+        raise _invalid(field, f'{what} "{name}" does not exist') from None
+    if kind == "PretrainedModel" and obj.metadata.deletion_timestamp is not None:
+        raise _invalid(field, f'{what} "{name}" is being deleted')
+
+
+def check_model(spec: ModelSpec, namespace: str, settings: Settings, store: Store) -> None:
+    _must_exist(store, "Dataset", spec.dataset, namespace, "spec.dataset", "dataset")
     network = spec.network
     if network.standard is not None and not known_network(network.standard):
         raise _invalid("spec.network.standard", f'unknown network "{network.standard}"')
@@ -131,18 +139,9 @@ def check_model(spec: ModelSpec, namespace: str, settings: Settings, store: Stor
             "custom Python networks are disabled (KDIGITS_ALLOW_CUSTOM_PYTHON)",
         )
     if network.previous is not None:
-        try:
-            store.get("Model", network.previous.model, namespace)
-        except NotFound:
-            raise _invalid(
-                "spec.network.previous.model",
-                f'model "{network.previous.model}" does not exist',
-            ) from None
+        ref = network.previous.model
+        _must_exist(store, "Model", ref, namespace, "spec.network.previous.model", "model")
     if network.pretrained is not None:
-        try:
-            store.get("PretrainedModel", network.pretrained.name, namespace)
-        except NotFound:
-            raise _invalid(
-                "spec.network.pretrained.name",
-                f'pretrained model "{network.pretrained.name}" does not exist',
-            ) from None
+        ref = network.pretrained.name
+        field = "spec.network.pretrained.name"
+        _must_exist(store, "PretrainedModel", ref, namespace, field, "pretrained model")

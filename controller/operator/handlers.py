@@ -26,6 +26,12 @@ kubectl alike; these handlers only add what a Kubernetes operator owes on top of
   could not confirm stopped, and lets the object go, so deletion is never blocked forever.
   (An object whose spec the contract refuses is invisible to the reconciler: this handler stops
   its Ray jobs and deletes its storage itself.)
+  A PretrainedModel that models still start from (Pending, Queued or Running ones naming it in
+  `spec.network.pretrained.name`) is the exception: REST refuses to delete it (409), but
+  `kubectl delete` cannot be refused without a webhook, so the finalizer holds it instead. It
+  stays Terminating, with `status.message` naming the models, and this handler retries
+  (`kopf.TemporaryError`, shown as an event) without ever forcing, until they have finished or
+  are deleted; then the reconciler deletes its files and lets it go.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from controller.api.errors import ApiError
 from controller.operator import kube
 from controller.operator.events import EventRecorder
 from controller.ray_backend import RayUnavailable, submission_id
-from controller.reconciler import metric_label, prefix_of
+from controller.reconciler import metric_label, prefix_of, pretrained_users
 from controller.services import Services
 from controller.store import Conflict, NotFound
 from controller.store.kubernetes import ADMITTED_ANNOTATION, KubernetesStore, is_admitted
@@ -319,6 +325,14 @@ def finalize(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     name, namespace, uid = str(meta["name"]), str(meta["namespace"]), meta.get("uid")
     reconciler = context.services.reconciler
+    if kind == "PretrainedModel":
+        users = pretrained_users(context.store, name, namespace)
+        if users:  # never forced while models start from it: it waits for them
+            raise kopf.TemporaryError(
+                f"PretrainedModel {namespace}/{name} is used by model(s) {', '.join(users)}: "
+                "deletion waits until they finish",
+                delay=context.finalize_delay,
+            )
     deadline = time.monotonic() + context.finalize_delay
     while True:
         reconciler.wake()

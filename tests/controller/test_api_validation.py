@@ -14,6 +14,7 @@ from controller.api.main import create_app
 from controller.api.routes import common
 from controller.services import Services
 from controller.settings import Settings
+from jobs.specs import ObjectMeta, Phase, PretrainedModel, PretrainedModelSpec
 
 LOCAL = ("127.0.0.1", 40000)
 
@@ -260,3 +261,71 @@ def test_openapi_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'kdigits_jobs{kind="model",phase="Running"} 0.0' in text
     assert "kdigits_http_requests_total" in text
+
+
+def _pretrained(services: Services, name: str) -> None:
+    """A published PretrainedModel straight in the store (its files play no part here)."""
+    meta = ObjectMeta(name=name)
+    obj = services.store.create(PretrainedModel(metadata=meta, spec=PretrainedModelSpec()))
+    obj.status.phase = Phase.SUCCEEDED  # type: ignore[attr-defined]
+    services.store.update_status(obj)
+
+
+def _set_phase(services: Services, kind: str, name: str, phase: Phase) -> None:
+    obj = services.store.get(kind, name, "default")
+    obj.status.phase = phase  # type: ignore[attr-defined]
+    services.store.update_status(obj)
+
+
+def test_delete_pretrained_in_use_409(
+    client: TestClient, services: Services, data_root: Path
+) -> None:
+    assert client.post("/api/v1/datasets", json=ds_body("d", data_root)).status_code == 201
+    for name in ("pre", "other"):
+        _pretrained(services, name)
+    for model, source in (("m1", "pre"), ("m2", "pre"), ("m3", "other")):
+        body = model_body(model, network={"pretrained": {"name": source}})
+        assert client.post("/api/v1/models", json=body).status_code == 201
+    r = client.delete("/api/v1/pretrained-models/pre")
+    assert r.status_code == 409, r.text
+    reason = (
+        'pretrained model "pre" is used by model(s) m1, m2: wait until they finish, or abort them'
+    )
+    assert r.json() == {"detail": reason, "reason": reason}
+    _set_phase(services, "Model", "m1", Phase.RUNNING)  # running counts, finished does not
+    _set_phase(services, "Model", "m2", Phase.ABORTED)
+    r = client.delete("/api/v1/pretrained-models/pre")
+    assert r.status_code == 409 and "model(s) m1:" in r.json()["reason"], r.text
+    _set_phase(services, "Model", "m1", Phase.FAILED)
+    deleted = client.delete("/api/v1/pretrained-models/pre")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["metadata"]["deletionTimestamp"]
+    late = client.post(
+        "/api/v1/models", json=model_body("m4", network={"pretrained": {"name": "pre"}})
+    )
+    assert_422(late, "spec.network.pretrained.name")
+    assert "being deleted" in late.json()["reason"]
+    # a model whose own deletion was asked for holds nothing either
+    assert client.delete("/api/v1/models/m3").status_code == 200
+    assert client.delete("/api/v1/pretrained-models/other").status_code == 200
+    assert client.delete("/api/v1/pretrained-models/none-such").status_code == 404
+
+
+def test_reconciler_holds_a_pretrained_model_deleted_behind_rest(
+    client: TestClient, services: Services, data_root: Path
+) -> None:
+    """kubectl delete (or a race with a new model) gets past the 409: the reconciler keeps the
+    files and the object until the models that start from it have finished."""
+    assert client.post("/api/v1/datasets", json=ds_body("d", data_root)).status_code == 201
+    _pretrained(services, "pre")
+    body = model_body("m", network={"pretrained": {"name": "pre"}})
+    assert client.post("/api/v1/models", json=body).status_code == 201
+    _set_phase(services, "Dataset", "d", Phase.FAILED)  # the next pass fails m: nothing runs
+    services.store.mark_deleted("PretrainedModel", "pre", "default")
+    services.reconciler.run_once()  # deletion first (m still Pending: held), then m fails
+    held = client.get("/api/v1/pretrained-models/pre")
+    assert held.status_code == 200, held.text
+    assert held.json()["status"]["message"] == "deletion waits for model(s) m to finish"
+    assert client.get("/api/v1/models/m").json()["status"]["phase"] == "Failed"
+    services.reconciler.run_once()
+    assert client.get("/api/v1/pretrained-models/pre").status_code == 404

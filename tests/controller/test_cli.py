@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controller import cli
@@ -63,3 +65,48 @@ def test_spec_file(tmp_path: Path) -> None:
 def test_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["dataset", "list", "--url", "http://127.0.0.1:9"]) == 1
     assert "cannot reach kdigits at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_top_n_request_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`model top-n` posts the list to /top-n with top_n, epoch and the folder, and prints each
+    class with its images (the HTTP side against a real model runs in tests/e2e)."""
+    answer = {
+        "topN": [
+            {"label": "0", "images": [{"path": "/d/0/a.png", "probability": 0.875}]},
+            {"label": "1", "images": [{"path": "/d/1/b.png", "probability": 0.5}]},
+        ],
+        "count": 3,
+        "errors": {"/d/x.png": "not an image"},
+    }
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=answer)
+
+    real_client = httpx.Client
+    monkeypatch.setattr(
+        httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw)
+    )
+    (tmp_path / "list.txt").write_text("0/a.png 0\n1/b.png 1\nx.png\n")
+    argv = ["model", "top-n", "m", str(tmp_path / "list.txt"), "--folder", str(tmp_path),
+            "--top-n", "3", "--epoch", "2", "--url", "http://kdigits.test"]  # fmt: skip
+    assert cli.main(argv) == 0
+    request = requests[0]
+    assert request.method == "POST" and request.url.path == "/api/v1/models/m/top-n"
+    form = request.content.decode()
+    for field, value in (("top_n", "3"), ("epoch", "2"), ("image_folder", str(tmp_path))):
+        assert f'name="{field}"\r\n\r\n{value}\r\n' in form
+    assert 'name="image_list"; filename="list.txt"' in form and "top_k" not in form
+    assert capsys.readouterr().out.splitlines() == [
+        "0",
+        "  /d/0/a.png\t87.50%",
+        "1",
+        "  /d/1/b.png\t50.00%",
+        "/d/x.png\terror: not an image",
+    ]
+    assert cli.main([*argv, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == answer
+    assert parse("model", "top-n", "m", "l.txt").top_n == 9  # DIGITS' default

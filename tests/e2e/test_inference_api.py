@@ -418,3 +418,41 @@ def test_cli_classify_download_pretrained(
         "metadata"]["name"] == "infer-cli"  # fmt: skip
     for name in ("infer-cli", "infer-cli-up"):
         kdigits("pretrained", "delete", name)
+
+
+def run_cli(server: Server, cwd: Path, *argv: str) -> str:
+    """`python -m controller ARGV` as a user runs it against the server; its stdout."""
+    env = {**server.env, "KDIGITS_URL": server.url}
+    command = [sys.executable, "-m", "controller", *argv]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli_top_n(
+    server: Server, trained: dict[str, Any], digits_dir: Path, tmp_path: Path, image_list: Any
+) -> None:
+    """`kdigits model top-n`: the /top-n answer as JSON, and per class N paths as a table."""
+    text, _ = image_list
+    folder = str(digits_dir / "train")
+    (tmp_path / "list.txt").write_text(text)
+    api = server.post(
+        f"/api/v1/models/{MODEL}/top-n",
+        data={"image_folder": folder, "top_n": "3"},
+        files={"image_list": ("list.txt", text.encode())},
+    ).json()
+    cli = json.loads(run_cli(server, tmp_path, "model", "top-n", MODEL, "list.txt", "--folder",
+                             folder, "--top-n", "3", "--output", "json"))  # fmt: skip
+    assert [c["label"] for c in cli["topN"]] == LABELS and cli["count"] == 300
+    for ours, theirs in zip(cli["topN"], api["topN"], strict=True):
+        assert len(ours["images"]) == 3
+        assert [i["path"] for i in ours["images"]] == [i["path"] for i in theirs["images"]]
+        assert [i["probability"] for i in ours["images"]] == pytest.approx(
+            [i["probability"] for i in theirs["images"]], abs=1e-5
+        )
+    table = run_cli(server, tmp_path, "model", "top-n", MODEL, "list.txt", "--folder", folder,
+                    "--epoch", "2").splitlines()  # fmt: skip
+    assert len(table) == 10 * (1 + 9)  # DIGITS' default N = 9
+    assert table[0] == "0" and table[10] == "1"
+    path, probability = table[1].strip().split("\t")
+    assert path.startswith(f"{folder}/") and probability.endswith("%")

@@ -1,10 +1,13 @@
 """Deletion never blocks forever: with Ray gone, the finalizer gives up after bounded retries,
 cleans storage, posts a Warning Event and lets the object go; also for an object whose spec was
-edited into one the contract refuses (kopf against kmock, no Ray)."""
+edited into one the contract refuses (kopf against kmock, no Ray). The one wait without a bound:
+a PretrainedModel that unfinished models start from stays until they are done or gone."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient
@@ -108,3 +111,51 @@ def test_a_started_job_refuses_a_spec_the_contract_rejects(
     assert not (home / "store" / "datasets" / uid).exists()
     forced = [e for e in events(kube, NS, "edited") if e[1] == "FinalizerForced"]
     assert forced and f"dataset {uid}" in forced[0][2]
+
+
+def _cr(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kdigits.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def test_a_pretrained_model_in_use_waits_for_its_models(
+    operator: Services, kube: ApiClient
+) -> None:
+    """`kubectl delete` of a PretrainedModel that a waiting Model starts from cannot be refused
+    (REST answers 409): it stays Terminating, saying why, past every finalize retry, and goes
+    with its files once the model is gone."""
+    home = operator.settings.home_dir
+    train = str(home / "data" / "train")
+    apply(kube, _cr("Dataset", "base", {"source": {"folder": {"train": train}}}), NS)
+    pre = apply(kube, _cr("PretrainedModel", "pre", {"network": "lenet"}), NS)
+    spec = {"dataset": "base", "network": {"pretrained": {"name": "pre"}}}
+    apply(kube, _cr("Model", "tuned", spec), NS)
+    wait_for(
+        lambda: get(kube, "Model", "tuned", NS),
+        lambda o: phase(o) == "Queued",
+        30,
+        "the model to wait for its dataset",
+    )
+    files = home / "store" / "pretrained" / pre["metadata"]["uid"]
+    files.mkdir(parents=True)
+    (files / "model.safetensors").write_bytes(b"weights")
+    delete(kube, "PretrainedModel", "pre", NS)
+    held = wait_for(
+        lambda: get(kube, "PretrainedModel", "pre", NS),
+        lambda o: (o.get("status") or {}).get("message", "").startswith("deletion waits"),
+        30,
+        "the deletion to be held",
+    )
+    assert held["status"]["message"] == "deletion waits for model(s) tuned to finish"
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"]
+    time.sleep(3 * 0.5 * 3)  # well past finalize_retries x finalize_delay: never forced
+    assert get(kube, "PretrainedModel", "pre", NS) is not None and files.exists()
+    delete(kube, "Model", "tuned", NS)
+    wait_for(lambda: get(kube, "PretrainedModel", "pre", NS), lambda o: o is None, 30, "release")
+    assert not files.exists()
+    delete(kube, "Dataset", "base", NS)
+    wait_for(lambda: get(kube, "Dataset", "base", NS), lambda o: o is None, 30, "the release")

@@ -3,40 +3,28 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
 from controller.api import admission
-from controller.api.deps import (
-    AuthDep,
-    ContinueDep,
-    GroupDep,
-    LimitDep,
-    ListScopeDep,
-    NamespaceDep,
-    ObjectsDep,
-    ReconcilerDep,
-    SettingsDep,
-    StoreDep,
-)
-from controller.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError
+from controller.api.deps import NamespaceDep, ObjectsDep, StoreDep
+from controller.api.errors import ApiError
 from controller.api.routes import common
-from controller.api.schemas import DatasetCreate, DatasetList, TransitionOut
+from controller.api.schemas import DatasetCreate, DatasetList
 from controller.reconciler import prefix_of
+from controller.settings import Settings
+from controller.store import Store
 from jobs.specs import Dataset, Model, ResourceName
 from jobs.storage import ObjectNotFound
 
 router = APIRouter(
     prefix="/api/v1/datasets",
     tags=["datasets"],
-    dependencies=[AuthDep],
-    responses={**AUTH_RESPONSES, **ERROR_RESPONSES},
+    **common.ROUTER_OPTIONS,
 )
+routes = common.ResourceRoutes(router, Dataset, DatasetList, "dataset", "datasets")
 
-LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The log"}
-}
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
@@ -45,72 +33,34 @@ PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _get(store: StoreDep, name: str, namespace: str) -> Dataset:
-    obj = store.get("Dataset", name, namespace)
-    assert isinstance(obj, Dataset)
-    return obj
-
-
-@router.post("", response_model=Dataset, status_code=201, response_model_exclude_none=True)
-def create_dataset(
-    body: DatasetCreate,
-    store: StoreDep,
-    settings: SettingsDep,
-    reconciler: ReconcilerDep,
-    namespace: Annotated[str | None, Query(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = None,
-) -> Dataset:
-    ns = common.body_namespace(body, namespace)
+def _admit(body: DatasetCreate, namespace: str, settings: Settings, store: Store) -> None:
     admission.check_dataset(body.spec, settings)
-    obj = store.create(common.new_object(Dataset, body, ns))
-    reconciler.wake()
-    return obj  # type: ignore[return-value]
 
 
-@router.get("", response_model=DatasetList, response_model_exclude_none=True)
-def read_datasets(
-    store: StoreDep,
-    scope: ListScopeDep,
-    group: GroupDep = None,
-    limit: LimitDep = None,
-    continue_: ContinueDep = None,
-) -> DatasetList:
-    items, meta = common.list_page(
-        store, "Dataset", scope.namespace, group, limit, continue_, scope.visible
-    )
-    return DatasetList(items=items, metadata=meta)
+create_dataset = routes.create(DatasetCreate, _admit)
 
 
-@router.get("/{name}", response_model=Dataset, response_model_exclude_none=True)
-def read_dataset(store: StoreDep, name: ResourceName, namespace: NamespaceDep = "default") -> Any:
-    return _get(store, name, namespace)
-
-
-@router.delete("/{name}", response_model=Dataset, response_model_exclude_none=True)
-def delete_dataset(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-) -> Any:
-    dataset = _get(store, name, namespace)
+def _refuse_if_used(store: Store, dataset: Dataset) -> None:
+    """A dataset goes only when no model (not itself being deleted) names it."""
+    name, namespace = dataset.metadata.name, dataset.metadata.namespace
     users = [
         m.metadata.name
         for m in store.list("Model", namespace).items
         if isinstance(m, Model) and m.spec.dataset == name and m.metadata.deletion_timestamp is None
     ]
-    if users:
-        raise ApiError(
-            409,
-            f'dataset "{name}" is used by model(s) {", ".join(sorted(users))}: delete them first',
-        )
-    return common.delete(store, reconciler, dataset)
+    common.conflict_unless_unused(f'dataset "{name}"', users, "delete them first")
+
+
+read_datasets = routes.list()
+read_dataset = routes.read()
+delete_dataset = routes.delete(_refuse_if_used)
 
 
 @router.get("/{name}/stats", response_model=dict[str, Any])
 def read_dataset_stats(
     store: StoreDep, objects: ObjectsDep, name: ResourceName, namespace: NamespaceDep = "default"
 ) -> Any:
-    dataset = _get(store, name, namespace)
+    dataset = common.get(store, Dataset, name, namespace)
     try:
         return json.loads(objects.get_bytes(f"{prefix_of(dataset)}stats.json"))
     except ObjectNotFound:
@@ -123,7 +73,7 @@ def read_dataset_stats(
 def read_dataset_mean(
     store: StoreDep, objects: ObjectsDep, name: ResourceName, namespace: NamespaceDep = "default"
 ) -> Response:
-    dataset = _get(store, name, namespace)
+    dataset = common.get(store, Dataset, name, namespace)
     try:
         data = objects.get_bytes(f"{prefix_of(dataset)}mean.png")
     except ObjectNotFound:
@@ -131,30 +81,6 @@ def read_dataset_mean(
     return Response(content=data, media_type="image/png")
 
 
-@router.get("/{name}/logs", response_model=None, responses=LOG_RESPONSES)
-def read_dataset_logs(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-    follow: Annotated[bool, Query(description="Stream until the job ends")] = False,
-    attempt: Annotated[int | None, Query(ge=1, le=100, description="Default: latest")] = None,
-) -> Response:
-    return common.logs_response(store, reconciler, _get(store, name, namespace), follow, attempt)
-
-
-@router.post("/{name}/abort", response_model=Dataset, response_model_exclude_none=True)
-def abort_dataset(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-) -> Any:
-    return common.abort(store, reconciler, _get(store, name, namespace))
-
-
-@router.get("/{name}/history", response_model=list[TransitionOut])
-def read_dataset_history(
-    store: StoreDep, name: ResourceName, namespace: NamespaceDep = "default"
-) -> Any:
-    return common.history(store, "Dataset", name, namespace)
+read_dataset_logs = routes.logs()
+abort_dataset = routes.abort()
+read_dataset_history = routes.history()

@@ -2,81 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter
 
 from controller.api import admission
-from controller.api.deps import (
-    AuthDep,
-    ContinueDep,
-    GroupDep,
-    LimitDep,
-    ListScopeDep,
-    NamespaceDep,
-    ReconcilerDep,
-    SettingsDep,
-    StoreDep,
-)
-from controller.api.errors import AUTH_RESPONSES, ERROR_RESPONSES
+from controller.api.deps import NamespaceDep, ReconcilerDep, SettingsDep, StoreDep
 from controller.api.routes import common
-from controller.api.routes.datasets import LOG_RESPONSES
-from controller.api.schemas import (
-    CloneBody,
-    ModelCreate,
-    ModelList,
-    ModelMetrics,
-    TransitionOut,
-)
+from controller.api.schemas import CloneBody, ModelCreate, ModelList, ModelMetrics
+from controller.settings import Settings
+from controller.store import Store
 from controller.tail import metric_series
 from jobs.specs import Model, ObjectMeta, ResourceName
 
 router = APIRouter(
     prefix="/api/v1/models",
     tags=["models"],
-    dependencies=[AuthDep],
-    responses={**AUTH_RESPONSES, **ERROR_RESPONSES},
+    **common.ROUTER_OPTIONS,
 )
+routes = common.ResourceRoutes(router, Model, ModelList, "model", "models")
 
 
-def _get(store: StoreDep, name: str, namespace: str) -> Model:
-    obj = store.get("Model", name, namespace)
-    assert isinstance(obj, Model)
-    return obj
+def _admit(body: ModelCreate, namespace: str, settings: Settings, store: Store) -> None:
+    admission.check_model(body.spec, namespace, settings, store)
 
 
-@router.post("", response_model=Model, status_code=201, response_model_exclude_none=True)
-def create_model(
-    body: ModelCreate,
-    store: StoreDep,
-    settings: SettingsDep,
-    reconciler: ReconcilerDep,
-    namespace: Annotated[str | None, Query(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] = None,
-) -> Any:
-    ns = common.body_namespace(body, namespace)
-    admission.check_model(body.spec, ns, settings, store)
-    obj = store.create(common.new_object(Model, body, ns))
-    reconciler.wake()
-    return obj
+create_model = routes.create(ModelCreate, _admit)
 
 
-@router.get("", response_model=ModelList, response_model_exclude_none=True)
-def read_models(
-    store: StoreDep,
-    scope: ListScopeDep,
-    group: GroupDep = None,
-    limit: LimitDep = None,
-    continue_: ContinueDep = None,
-) -> ModelList:
-    items, meta = common.list_page(
-        store, "Model", scope.namespace, group, limit, continue_, scope.visible
-    )
-    return ModelList(items=items, metadata=meta)
-
-
-@router.get("/{name}", response_model=Model, response_model_exclude_none=True)
-def read_model(store: StoreDep, name: ResourceName, namespace: NamespaceDep = "default") -> Any:
-    return _get(store, name, namespace)
+read_models = routes.list()
+read_model = routes.read()
 
 
 @router.get("/{name}/metrics", response_model=ModelMetrics)
@@ -87,7 +42,7 @@ def read_model_metrics(
     namespace: NamespaceDep = "default",
 ) -> Any:
     """Every metric series the training reported (events.jsonl plus live log lines)."""
-    model = _get(store, name, namespace)
+    model = common.get(store, Model, name, namespace)
     return ModelMetrics(
         model=name,
         phase=model.status.phase.value,
@@ -98,36 +53,9 @@ def read_model_metrics(
     )
 
 
-@router.get("/{name}/logs", response_model=None, responses=LOG_RESPONSES)
-def read_model_logs(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-    follow: Annotated[bool, Query(description="Stream until the job ends")] = False,
-    attempt: Annotated[int | None, Query(ge=1, le=100, description="Default: latest")] = None,
-) -> Response:
-    return common.logs_response(store, reconciler, _get(store, name, namespace), follow, attempt)
-
-
-@router.post("/{name}/abort", response_model=Model, response_model_exclude_none=True)
-def abort_model(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-) -> Any:
-    return common.abort(store, reconciler, _get(store, name, namespace))
-
-
-@router.delete("/{name}", response_model=Model, response_model_exclude_none=True)
-def delete_model(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-) -> Any:
-    return common.delete(store, reconciler, _get(store, name, namespace))
+read_model_logs = routes.logs()
+abort_model = routes.abort()
+delete_model = routes.delete()
 
 
 @router.post(
@@ -142,7 +70,7 @@ def clone_model(
     namespace: NamespaceDep = "default",
 ) -> Any:
     """A new model with the same spec (DIGITS' Clone Job)."""
-    original = _get(store, name, namespace)
+    original = common.get(store, Model, name, namespace)
     admission.check_model(original.spec, namespace, settings, store)
     labels = body.labels if body.labels is not None else dict(original.metadata.labels)
     meta = ObjectMeta(name=body.name, namespace=namespace, labels=labels)
@@ -151,8 +79,4 @@ def clone_model(
     return obj
 
 
-@router.get("/{name}/history", response_model=list[TransitionOut])
-def read_model_history(
-    store: StoreDep, name: ResourceName, namespace: NamespaceDep = "default"
-) -> Any:
-    return common.history(store, "Model", name, namespace)
+read_model_history = routes.history()

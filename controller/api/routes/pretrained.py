@@ -7,7 +7,10 @@ member before anything is extracted), or loose files as DIGITS' form took them: 
 or a JSON layer list), `labels` (labels.txt, may be empty), optional `mean` (mean.npy), and the
 image type: `channels`, `width`, `height`, `resize_mode`. The object's name is the form field
 `name`. Deleting one removes `pretrained/<uid>/` from the object store (the reconciler's
-finalizer).
+finalizer). While a model that starts from it (`spec.network.pretrained.name`) has not finished
+(Pending, Queued or Running), DELETE answers 409 naming those models; once they are Succeeded,
+Failed or Aborted (or deleted) it goes. With kubectl, which this route does not see, the object
+stays Terminating until they finish (controller.reconciler.pretrained_users).
 """
 
 from __future__ import annotations
@@ -17,29 +20,22 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 
 from controller.api import inference
-from controller.api.deps import (
-    AuthDep,
-    ContinueDep,
-    GroupDep,
-    LimitDep,
-    ListScopeDep,
-    NamespaceDep,
-    ObjectsDep,
-    ReconcilerDep,
-    SettingsDep,
-    StoreDep,
-)
-from controller.api.errors import AUTH_RESPONSES, ERROR_RESPONSES, ApiError
+from controller.api.deps import NamespaceDep, ObjectsDep, SettingsDep, StoreDep
+from controller.api.errors import ApiError
 from controller.api.routes import common
 from controller.api.routes.inference import INFERENCE_RESPONSES, create_pretrained
 from controller.api.schemas import PretrainedModelList
-from jobs.specs import PretrainedModel, PretrainedModelSpec, ResourceName
+from controller.reconciler import pretrained_users
+from controller.store import Store
+from jobs.specs import PretrainedModel, PretrainedModelSpec
 
 router = APIRouter(
     prefix="/api/v1/pretrained-models",
     tags=["pretrained-models"],
-    dependencies=[AuthDep],
-    responses={**AUTH_RESPONSES, **ERROR_RESPONSES},
+    **common.ROUTER_OPTIONS,
+)
+routes = common.ResourceRoutes(
+    router, PretrainedModel, PretrainedModelList, "pretrained_model", "pretrained_models"
 )
 
 MAX_TEXT_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -123,32 +119,14 @@ def upload_pretrained_model(
     return create_pretrained(store, objects, name, namespace, write_files, "weights")
 
 
-@router.get("", response_model=PretrainedModelList, response_model_exclude_none=True)
-def read_pretrained_models(
-    store: StoreDep,
-    scope: ListScopeDep,
-    group: GroupDep = None,
-    limit: LimitDep = None,
-    continue_: ContinueDep = None,
-) -> PretrainedModelList:
-    items, meta = common.list_page(
-        store, "PretrainedModel", scope.namespace, group, limit, continue_, scope.visible
-    )
-    return PretrainedModelList(items=items, metadata=meta)
+def _refuse_if_used(store: Store, pretrained: PretrainedModel) -> None:
+    """409 while a model that has not finished starts from it (its files are read at start)."""
+    name, namespace = pretrained.metadata.name, pretrained.metadata.namespace
+    users = pretrained_users(store, name, namespace)
+    wait = "wait until they finish, or abort them"
+    common.conflict_unless_unused(f'pretrained model "{name}"', users, wait)
 
 
-@router.get("/{name}", response_model=PretrainedModel, response_model_exclude_none=True)
-def read_pretrained_model(
-    store: StoreDep, name: ResourceName, namespace: NamespaceDep = "default"
-) -> Any:
-    return store.get("PretrainedModel", name, namespace)
-
-
-@router.delete("/{name}", response_model=PretrainedModel, response_model_exclude_none=True)
-def delete_pretrained_model(
-    store: StoreDep,
-    reconciler: ReconcilerDep,
-    name: ResourceName,
-    namespace: NamespaceDep = "default",
-) -> Any:
-    return common.delete(store, reconciler, store.get("PretrainedModel", name, namespace))
+read_pretrained_models = routes.list()
+read_pretrained_model = routes.read()
+delete_pretrained_model = routes.delete(_refuse_if_used)
