@@ -14,25 +14,27 @@ gives, for each class, the N images (DIGITS' default 9) with the highest probabi
 
 from __future__ import annotations
 
+import os
 import re
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jobs.fetch import DEFAULT_FETCH_LIMITS, FetchError, FetchLimits, check_url, fetch_url, is_url
 from jobs.images import DEFAULT_LIMITS, DecodeLimits, ImageRejected, read_image_file
-from jobs.inference import DEFAULT_TOP_K, ImageError, LoadedModel, top_k_predictions
+from jobs.inference import DEFAULT_TOP_K, ImageError, LoadedModel, top_k_many
 from jobs.paths import PathNotAllowed, confine
 
 LIST_LINE = re.compile(r"(.*\S)\s+(\d+)$")  # DIGITS: a path, then an optional integer label
 MAX_LIST_LINES = 1_000_000
 MAX_LIST_BYTES = 256 * 1024 * 1024
 DEFAULT_TOP_N = 9  # DIGITS' top-N per category
+PREFETCH_BYTES = 64 * 1024 * 1024
+"""At most this many encoded bytes are read ahead of the decoding thread (all readers)."""
 IN_PROCESS_MAX_IMAGES = 2000
 """Lists longer than this are better run as a Ray job (`python -m jobs.classify_job`)."""
 
@@ -57,34 +59,51 @@ class _Confiner:
     """jobs.paths.confine for many files: each folder is resolved once, each file checked.
 
     A file that is not a symlink resolves to its resolved folder plus its name, so only the
-    folder needs the full resolution; a symlinked file, an unusual path or any refusal goes
-    through `confine` itself (which then also words the error).
+    folder needs the full resolution. A plain path (absolute, or relative to the image folder,
+    with no empty, `.` or `..` component) is handled as text, with one lstat for the file;
+    anything else, a symlinked file or any refusal goes through `confine` itself (which then
+    also words the error).
     """
 
     def __init__(self, roots: Sequence[Path], base: Path | None) -> None:
         self.roots = roots
         self.base = base
-        self.folders: dict[Path, Path] = {}
+        self.base_text = str(base) if base is not None else None
+        self.folders: dict[str, str] = {}
 
-    def __call__(self, path: str, what: str) -> Path:
-        candidate = Path(path)
-        unusual = path.startswith("~") or path.endswith("/") or "\x00" in path or not path
-        if unusual or ".." in PurePosixPath(path).parts or candidate.name in ("", "."):
-            return confine(path, self.roots, base=self.base, what=what)
-        if not candidate.is_absolute():
-            if self.base is None:
-                return confine(path, self.roots, base=self.base, what=what)
-            candidate = self.base / candidate
-        folder = self.folders.get(candidate.parent)
+    def __call__(self, path: str, what: str) -> tuple[str, str]:
+        """(the path as DIGITS keys it, the resolved file to read); raises PathNotAllowed."""
+        parts = path.split("/")
+        absolute = not parts[0]
+        plain = not _ODD_PARTS.intersection(parts[1:] if absolute else parts)
+        if not plain or "\x00" in path or path.startswith("~"):
+            return self._confine(path, what)
+        if absolute:
+            full = path
+        elif self.base_text is not None:
+            full = os.path.join(self.base_text, path)
+        else:
+            return self._confine(path, what)
+        parent, _, name = full.rpartition("/")
+        folder = self.folders.get(parent)
         if folder is None:
             try:
-                folder = confine(candidate.parent, self.roots, what=what)
+                folder = str(confine(parent or "/", self.roots, what=what))
             except PathNotAllowed:
-                return confine(path, self.roots, base=self.base, what=what)
-            self.folders[candidate.parent] = folder
-        if (folder / candidate.name).is_symlink():
-            return confine(path, self.roots, base=self.base, what=what)
-        return folder / candidate.name
+                return self._confine(path, what)
+            self.folders[parent] = folder
+        location = os.path.join(folder, name)
+        if os.path.islink(location):
+            return self._confine(path, what)
+        return full, location
+
+    def _confine(self, path: str, what: str) -> tuple[str, str]:
+        relative = self.base is not None and not Path(path).is_absolute()
+        shown = str(self.base / path) if relative and self.base is not None else path
+        return shown, str(confine(path, self.roots, base=self.base, what=what))
+
+
+_ODD_PARTS = frozenset({"", ".", ".."})
 
 
 def parse_image_list(
@@ -129,12 +148,11 @@ def parse_image_list(
                 raise ImageListError(str(error)) from None
             entries.append(ListEntry(path, path, label, is_url=True))
             continue
-        shown = str(base / path) if base is not None and not Path(path).is_absolute() else path
         try:
-            resolved = confiner(path, where)
+            shown, location = confiner(path, where)
         except PathNotAllowed as error:
             raise ImageListError(str(error)) from None
-        entries.append(ListEntry(shown, str(resolved), label))
+        entries.append(ListEntry(shown, location, label))
     if not entries:
         raise ImageListError("image_list: no images listed")
     return entries
@@ -243,10 +261,9 @@ class ClassifyManyResult:
     def to_json(self, top_k: int = DEFAULT_TOP_K) -> dict[str, Any]:
         """DIGITS' answer: `classifications` {path: [[label, probability] x k]}, and scores."""
         out: dict[str, Any] = {
-            "classifications": {
-                path: top_k_predictions(row, self.labels, top_k)
-                for path, row in zip(self.paths, self.probabilities, strict=True)
-            },
+            "classifications": dict(
+                zip(self.paths, top_k_many(self.probabilities, self.labels, top_k), strict=True)
+            ),
             "labels": self.labels,
             "count": len(self.paths),
             "errors": self.errors,
@@ -276,7 +293,14 @@ def top_n_per_category(result: ClassifyManyResult, n: int = DEFAULT_TOP_N) -> li
     return categories
 
 
-Prepared = tuple[list[int], np.ndarray, dict[int, str]]
+@dataclass
+class _Chunk:
+    """One forward batch of images: `pixels[i]` is image `start + i` where `ok[i]`."""
+
+    start: int
+    pixels: np.ndarray  # uint8 [n, C, H, W]
+    ok: np.ndarray  # bool [n]: False where the image could not be read or decoded
+    failed: dict[int, str] = field(default_factory=dict)  # image index -> reason
 
 
 @dataclass
@@ -293,23 +317,22 @@ class _Collector:
     errors: dict[str, str] = field(default_factory=dict)
     done: int = 0
 
-    def add(self, futures: list[Future[Prepared]]) -> None:
-        """Run the network over one batch's finished decodes."""
-        kept_all: list[int] = []
-        batches: list[np.ndarray] = []
-        for future in futures:
-            kept, batch, failed = future.result()
-            kept_all.extend(kept)
-            batches.append(batch)
-            for index, message in failed.items():
-                self.errors[self.names[index]] = message
-            self.done += len(kept) + len(failed)
-        if kept_all:
-            self.parts.append(self.model.probabilities(np.concatenate(batches)))
-            for index in kept_all:
-                self.paths.append(self.names[index])
-                label = self.truth[index] if self.truth is not None else None
-                self.truths.append(-1 if label is None else int(label))
+    def add(self, chunk: _Chunk) -> None:
+        """Run the network over one decoded batch."""
+        for index, message in chunk.failed.items():
+            self.errors[self.names[index]] = message
+        kept = chunk.ok.nonzero()[0] + chunk.start
+        if len(kept):
+            pixels = chunk.pixels if len(kept) == len(chunk.ok) else chunk.pixels[chunk.ok]
+            self.parts.append(self.model.probabilities(pixels))
+            names, truth = self.names, self.truth
+            self.paths.extend(names[index] for index in kept.tolist())
+            if truth is None:
+                self.truths.extend([-1] * len(kept))
+            else:
+                labels = (truth[index] for index in kept.tolist())
+                self.truths.extend(-1 if label is None else int(label) for label in labels)
+        self.done += len(chunk.ok)
         if self.progress is not None:
             self.progress(self.done, len(self.names))
 
@@ -328,6 +351,33 @@ class _Collector:
         )
 
 
+Source = bytes | ImageError | None
+"""An image as read ahead: its bytes, why it could not be read, or None (not read yet)."""
+
+
+def _decode_chunk(
+    model: LoadedModel, start: int, sources: Sequence[Source], load: Callable[[int], bytes]
+) -> _Chunk:
+    """Images `start`, `start + 1`... decoded into one uint8 batch, in the calling thread."""
+    count = len(sources)
+    chunk = _Chunk(
+        start, np.empty((count, *model.pixel_shape), dtype=np.uint8), np.ones(count, dtype=bool)
+    )
+    for offset, source in enumerate(sources):
+        if isinstance(source, ImageError):  # could not be read
+            error = source
+        else:
+            try:
+                data = load(start + offset) if source is None else source
+                model.preprocess_into(data, chunk.pixels[offset])
+                continue
+            except ImageError as failed:
+                error = failed
+        chunk.ok[offset] = False
+        chunk.failed[start + offset] = str(error)
+    return chunk
+
+
 def classify_sources(
     model: LoadedModel,
     names: Sequence[str],
@@ -339,36 +389,50 @@ def classify_sources(
 ) -> ClassifyManyResult:
     """Classify `len(names)` images whose bytes `load(i)` returns, batch by batch.
 
-    Reading and decoding run in `threads` threads, one batch ahead of the network.
+    `threads` threads read the next batch's bytes (files, URLs: waiting on I/O) while the
+    calling thread decodes the current batch straight into one uint8 array and runs the
+    network over it as one tensor. Decoding stays on one thread: it is mostly Python (PIL's
+    parsing) under the GIL, so two decoding threads only take turns, and on a small machine
+    run half as fast as one; the forward pass, for its part, already uses every core and
+    slows down when other threads compete with it. The bytes read ahead are capped at
+    `PREFETCH_BYTES`; past that the decoding thread reads the rest of the batch itself.
     """
-    shape = (model.image.channels, model.image.height, model.image.width)
+    count = len(names)
     workers = max(1, threads)
+    size = max(1, model.batch_size)
+    budget = max(1, PREFETCH_BYTES // workers)
 
-    def prepare(start: int, stop: int) -> Prepared:
-        batch = np.empty((stop - start, *shape), dtype=np.uint8)
-        kept: list[int] = []
-        failed: dict[int, str] = {}
-        for index in range(start, stop):
+    def read(first: int, stop: int) -> list[Source]:
+        out: list[Source] = []
+        total = 0
+        for index in range(first, stop):
+            if total > budget:  # the decoding thread loads the rest when it gets there
+                out.extend([None] * (stop - index))
+                break
             try:
-                batch[len(kept)] = model.preprocess(load(index))
-                kept.append(index)
+                data = load(index)
             except ImageError as error:
-                failed[index] = str(error)
-        return kept, batch[: len(kept)], failed
+                out.append(error)
+                continue
+            total += len(data)
+            out.append(data)
+        return out
+
+    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[int, list[Future[list[Source]]]]:
+        stop = min(count, start + size)
+        step = -(-(stop - start) // workers)
+        slices = range(start, stop, step)
+        return start, [pool.submit(read, first, min(stop, first + step)) for first in slices]
 
     collector = _Collector(model, names, truth, progress)
-    ahead: deque[list[Future[Prepared]]] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(names), model.batch_size):
-            stop = min(len(names), start + model.batch_size)
-            step = -(-(stop - start) // workers)
-            ahead.append(
-                [pool.submit(prepare, s, min(stop, s + step)) for s in range(start, stop, step)]
-            )
-            if len(ahead) > 1:
-                collector.add(ahead.popleft())
-        while ahead:
-            collector.add(ahead.popleft())
+        pending = submit(pool, 0) if count else None
+        while pending is not None:
+            start, futures = pending
+            sources = [source for future in futures for source in future.result()]
+            stop = start + len(sources)
+            pending = submit(pool, stop) if stop < count else None
+            collector.add(_decode_chunk(model, start, sources, load))
     return collector.result()
 
 

@@ -9,6 +9,13 @@ between requests (`ModelCache`). Images go through exactly the dataset and train
 (DIGITS' resize modes), then `jobs.transforms.BatchTransform.evaluate` (centre crop and mean
 subtraction), so a picture is seen the way the training set was.
 
+One shortcut, for speed: a PNG that already stores exactly the model's samples (8-bit grey for
+a one-channel model, 8-bit RGB for a colour one, not interlaced) and whose chunks all check out
+(structure and CRCs) is decoded by libpng through torchvision, in C, at under half the cost of
+PIL's mostly-Python PNG reader. PNG is lossless and neither reader applies gamma or colour
+profiles, so the pixels are the same ones decode_image gives (tests compare them); any other
+file, and any file that path fails on, goes through decode_image and gets its refusals.
+
 `visualize()` gives DIGITS' per-layer statistics: for every layer the weights' shape, mean,
 std, a 20-bin histogram and the parameter count, and the same for its activations on the image.
 """
@@ -16,16 +23,20 @@ std, a 20-bin histogram and the parameter count, and the same for its activation
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
+import struct
 import threading
+import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from jobs import layout
@@ -52,6 +63,9 @@ HISTOGRAM_BINS = 20  # DIGITS' get_layer_statistics
 FILL_NOISE_SEED = 0  # fill / half_crop padding noise: fixed, so one image always scores alike
 _NO_NOISE = np.random.default_rng(FILL_NOISE_SEED)  # never drawn from: squash and crop add none
 
+CHANNELS_LAST_RTOL = 1e-4  # probabilities may differ by rounding only, between the two layouts
+CHANNELS_LAST_ATOL = 1e-6
+
 SMALL_BATCH = 8
 """Batches up to this size run on one CPU thread: thread start-up and spinning cost more than
 they save on a handful of images, and a lot more on a busy machine (classify-one latency)."""
@@ -74,6 +88,96 @@ def _cpu_threads(count: int | None) -> Iterator[None]:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {1: 0, 3: 2}  # model channels -> the PNG colour type with those samples
+_PNG_CHUNK = struct.Struct(">I4s")
+_PNG_HEADER = struct.Struct(">IIBBBBB")
+_PNG_CRC = struct.Struct(">I")
+_PNG_UNCHANGED = 0  # torchvision.io.ImageReadMode.UNCHANGED: the samples as stored
+
+
+def plain_png_size(data: bytes, channels: int, limits: DecodeLimits) -> tuple[int, int] | None:
+    """(height, width) of a PNG that stores exactly `channels` 8-bit samples, else None.
+
+    None unless: the size caps hold (bytes, then width x height from the header, before any
+    pixel is decoded); IHDR comes first and says 8-bit grey (1 channel) or RGB (3), not
+    interlaced; every chunk up to IEND is complete with a correct CRC; and the only critical
+    chunks are IHDR, IDAT and IEND. Anything else is left to decode_image.
+    """
+    colour = _PNG_COLOUR_TYPES.get(channels)
+    if colour is None or len(data) > limits.max_bytes or not data.startswith(PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    offset, size, seen_data = len(PNG_SIGNATURE), None, False
+    while offset + 12 <= len(data):
+        length, kind = _PNG_CHUNK.unpack_from(data, offset)
+        end = offset + 8 + length
+        if (
+            end + 4 > len(data)
+            or zlib.crc32(view[offset + 4 : end]) != _PNG_CRC.unpack_from(data, end)[0]
+        ):
+            return None
+        if size is None:
+            if kind != b"IHDR" or length != _PNG_HEADER.size:
+                return None
+            width, height, depth, found, method, filtering, interlace = _PNG_HEADER.unpack_from(
+                data, offset + 8
+            )
+            plain = depth == 8 and found == colour and not (method or filtering or interlace)
+            if not plain or not 0 < width * height <= limits.max_pixels:
+                return None
+            size = (height, width)
+        elif kind == b"IEND":
+            return size if seen_data else None
+        elif kind == b"IDAT":
+            seen_data = True
+        elif kind[0] & 0x20 == 0:  # another critical chunk (PLTE, a second IHDR...)
+            return None
+        offset = end + 4
+    return None
+
+
+@functools.cache
+def png_decoder() -> Callable[[bytes], torch.Tensor] | None:
+    """libpng through torchvision's image op (bytes -> uint8 [C, H, W]), or None.
+
+    torchvision 0.29 deprecated its image codecs in favour of TorchCodec, and its Python
+    wrapper warns on every call; the op underneath is called directly instead, after checking
+    once that it decodes a known PNG exactly. Where a torchvision release drops or changes it,
+    this returns None and PIL decodes everything, as before.
+    """
+    try:
+        import torchvision.io  # noqa: F401 - registers torch.ops.image
+
+        def decode(data: bytes) -> torch.Tensor:
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return torch.ops.image.decode_png(encoded, _PNG_UNCHANGED, False)
+
+        expected = np.arange(6, dtype=np.uint8).reshape(2, 3) * 40
+        probe = io.BytesIO()
+        Image.fromarray(expected).save(probe, format="PNG")
+        if not np.array_equal(decode(probe.getvalue()).numpy(), expected[None]):
+            return None
+    except Exception:  # no torchvision image op, or another one: PIL decodes everything
+        return None
+    return decode
+
+
+def decode_plain_png(data: bytes, channels: int, limits: DecodeLimits) -> np.ndarray | None:
+    """uint8 [H, W, C] of a PNG `plain_png_size` accepts, decoded by libpng; else None."""
+    size = plain_png_size(data, channels, limits)
+    decode = png_decoder()
+    if size is None or decode is None:
+        return None
+    try:
+        decoded = decode(data)
+    except RuntimeError:  # libpng refused it: decode_image words the reason
+        return None
+    if tuple(decoded.shape) != (channels, *size) or decoded.dtype != torch.uint8:
+        return None
+    return np.ascontiguousarray(decoded.numpy().transpose(1, 2, 0))
 
 
 class ImageError(ValueError):
@@ -193,9 +297,25 @@ def count_parameters(module: nn.Module) -> int:
 
 def top_k_predictions(probabilities: np.ndarray, labels: Sequence[str], top_k: int) -> Prediction:
     """[[label, probability], ...] for one image's class probabilities, most probable first."""
+    return top_k_many(probabilities[None], labels, top_k)[0]
+
+
+def top_k_many(probabilities: np.ndarray, labels: Sequence[str], top_k: int) -> list[Prediction]:
+    """`top_k_predictions` of every row of float [N, classes], sorted in one numpy call.
+
+    The same answer as row by row (a stable sort, ties in class order), without the per-row
+    argsort and per-value float() that dominated answering for thousands of images.
+    """
     k = max(1, min(int(top_k), len(labels)))
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [[labels[int(i)], float(probabilities[int(i)])] for i in order]
+    if len(probabilities) == 0:
+        return []
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(probabilities, order, axis=1).tolist()
+    names = np.asarray(labels, dtype=object)[order].tolist()
+    return [
+        [[name, value] for name, value in zip(row_names, row_values, strict=True)]
+        for row_names, row_values in zip(names, values, strict=True)
+    ]
 
 
 @dataclass
@@ -228,34 +348,85 @@ class LoadedModel:
             self.device,
         )
         self._lock = threading.Lock()
+        png_decoder()  # imports torchvision now rather than in the first request
+        self.channels_last = False
+        if self.device.type == "cpu":
+            self.channels_last = self._adopt_channels_last()
+
+    def _adopt_channels_last(self) -> bool:
+        """Run a CPU convolution network in channels-last layout, when it answers the same.
+
+        oneDNN's convolutions and, above all, its max pooling are vectorised over channels in
+        that layout; in the default one PyTorch's CPU max pooling is a slow scalar loop (for
+        LeNet, a third of the forward pass). Before switching, the network classifies two
+        fixed probe images both ways; a network that fails or disagrees (custom code that
+        `.view()`s a feature map, say) stays as it was.
+        """
+        if not any(isinstance(m, nn.Conv2d) for m in self.network.modules()):
+            return False
+        noise = np.random.default_rng(FILL_NOISE_SEED).integers(0, 256, (2, *self.pixel_shape))
+        probe = torch.from_numpy(noise.astype(np.uint8))
+        try:
+            with _cpu_threads(1), torch.inference_mode():
+                expected = self._forward(probe)
+            # outside inference mode: the weights must stay usable by autograd (ONNX export)
+            self.network.to(memory_format=torch.channels_last)
+            self.channels_last = True
+            with _cpu_threads(1), torch.inference_mode():
+                got = self._forward(probe)
+            if torch.allclose(got, expected, rtol=CHANNELS_LAST_RTOL, atol=CHANNELS_LAST_ATOL):
+                return True
+        except Exception:  # noqa: S110 - any failure: keep the layout the network was built in
+            pass
+        self.channels_last = False
+        self.network.to(memory_format=torch.contiguous_format)
+        return False
 
     @property
     def parameters(self) -> int:
         return count_parameters(self.network)
 
-    def preprocess(self, image_bytes: bytes) -> np.ndarray:
-        """uint8 [C, H, W]: decoded and resized exactly as the dataset build stored images."""
-        try:
-            pixels = decode_image(image_bytes, self.image.channels, self.limits)
-        except ImageRejected as rejected:
-            raise ImageError(rejected.reason, f"image: {rejected}") from None
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one preprocessed image."""
+        return (self.image.channels, self.image.height, self.image.width)
+
+    def preprocess_into(self, image_bytes: bytes, out: np.ndarray) -> None:
+        """Decode and resize one image straight into `out`, a uint8 [C, H, W] slot of a batch.
+
+        The dataset build's path (decode_image, or libpng for a plain PNG: the same pixels,
+        then DIGITS' resize); the [H, W, C] pixels land transposed in the batch in one copy.
+        """
+        pixels = decode_plain_png(image_bytes, self.image.channels, self.limits)
+        if pixels is None:
+            try:
+                pixels = decode_image(image_bytes, self.image.channels, self.limits)
+            except ImageRejected as rejected:
+                raise ImageError(rejected.reason, f"image: {rejected}") from None
         mode = self.image.resize_mode
         noisy = mode in (ResizeMode.FILL, ResizeMode.HALF_CROP)
         rng = np.random.default_rng(FILL_NOISE_SEED) if noisy else _NO_NOISE
         sized = resize(pixels, self.image.width, self.image.height, mode, rng)
-        out = np.ascontiguousarray(sized.transpose(2, 0, 1))
-        return out if out.flags.writeable else out.copy()
+        out[...] = sized.transpose(2, 0, 1)
+
+    def preprocess(self, image_bytes: bytes) -> np.ndarray:
+        """uint8 [C, H, W]: decoded and resized exactly as the dataset build stored images."""
+        out = np.empty(self.pixel_shape, dtype=np.uint8)
+        self.preprocess_into(image_bytes, out)
+        return out
 
     def preprocess_many(self, images: Sequence[bytes]) -> np.ndarray:
         """uint8 [N, C, H, W] for several encoded images; the first bad one raises ImageError."""
-        shape = (len(images), self.image.channels, self.image.height, self.image.width)
-        batch = np.empty(shape, dtype=np.uint8)
+        batch = np.empty((len(images), *self.pixel_shape), dtype=np.uint8)
         for index, data in enumerate(images):
-            batch[index] = self.preprocess(data)
+            self.preprocess_into(data, batch[index])
         return batch
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        outputs = self.network(self.transform.evaluate(pixels.to(self.device)))
+        pixels = pixels.to(self.device)
+        if self.channels_last:  # uint8, so the float copy and the mean subtraction follow it
+            pixels = torch.empty_like(pixels, memory_format=torch.channels_last).copy_(pixels)
+        outputs = self.network(self.transform.evaluate(pixels))
         logits = outputs[0] if isinstance(outputs, tuple) else outputs
         return torch.softmax(logits.float(), dim=1)
 
@@ -280,8 +451,7 @@ class LoadedModel:
         return out
 
     def classify_pixels(self, pixels: np.ndarray, top_k: int = DEFAULT_TOP_K) -> list[Prediction]:
-        probabilities = self.probabilities(pixels)
-        return [top_k_predictions(row, self.labels, top_k) for row in probabilities]
+        return top_k_many(self.probabilities(pixels), self.labels, top_k)
 
     def classify(self, images: Sequence[bytes], top_k: int = DEFAULT_TOP_K) -> list[Prediction]:
         """Per image, its top-k [[label, probability], ...]; raises ImageError on a bad one."""

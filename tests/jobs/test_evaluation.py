@@ -1,4 +1,8 @@
-"""Classify-many: DIGITS image lists, confined paths, scores checked against numpy, top-N."""
+"""Classify-many: DIGITS image lists, confined paths, scores checked against numpy, top-N.
+
+Also that the batching (reading threads, the read-ahead cap) and the plain-path shortcut of
+the list parser change no answer.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from jobs.evaluation import (
 )
 from jobs.fetch import FetchError
 from jobs.inference import ImageError, load_model
-from jobs.paths import PathNotAllowed
+from jobs.paths import PathNotAllowed, confine
 from jobs.storage import LocalStore
 from tests.jobs.inference_helpers import (
     HELD_OUT,
@@ -189,3 +193,54 @@ def test_classify_one_sources(model, digits, tmp_path) -> None:
         read_image_source(url="http://example.com/a.png", allowed_hosts=["images.example"])
     with pytest.raises(ValueError, match="exactly one of image_path and image_url"):
         read_image_source(roots=[root])
+
+
+def test_reading_threads_and_prefetch_cap_change_nothing(model, digits, monkeypatch) -> None:
+    root, written, _ = digits
+    broken = root / "broken.png"
+    broken.write_text("not a picture")
+    lines = [f"{path} {label}\n" for path, label in written[:300]]
+    lines[7] = f"{broken} 3\n"  # undecodable: refused by the decoding thread
+    lines[150] = f"{root / 'missing.png'} 1\n"  # unreadable: refused by a reading thread
+    entries = parse_image_list("".join(lines), [root], classes=10)
+    model.batch_size = 64  # several batches, the last one short
+
+    def run(threads: int) -> tuple[dict[str, object], list[tuple[int, int]]]:
+        progress: list[tuple[int, int]] = []
+        result = classify_entries(
+            model, entries, threads=threads, progress=lambda d, t: progress.append((d, t))
+        )
+        return result.to_json(), progress
+
+    expected, progress = run(2)
+    assert expected["count"] == 298
+    assert list(expected["errors"]) == [str(broken), str(root / "missing.png")]
+    assert [done for done, _ in progress] == [64, 128, 192, 256, 300]
+    for threads in (1, 3):
+        assert run(threads) == (expected, progress)
+    monkeypatch.setattr("jobs.evaluation.PREFETCH_BYTES", 1)  # readers stop after one image
+    assert run(2) == (expected, progress)
+
+
+def test_plain_paths_resolve_as_confine_does(digits, tmp_path) -> None:
+    root, written, _ = digits
+    folder = root / "digits"
+    (root / "linked").symlink_to(folder)  # a folder link that stays inside the root
+    first, label = written[0]
+    relative = str(first.relative_to(folder))
+    cases = [
+        (str(first), None),
+        (relative, str(folder)),
+        (f"./{relative}", str(folder)),
+        (relative.replace("/", "//"), str(folder)),
+        (str(first).replace("/digits/", "/digits/./"), None),
+        (str(root / "linked" / relative), None),
+        (relative, str(root / "linked")),
+    ]
+    for path, base in cases:
+        entry = parse_image_list(f"{path} {label}\n", [root], folder=base)[0]
+        based = confine(base, [root]) if base else None
+        assert entry.location == str(confine(path, [root], base=based)), path
+        shown = str(based / path) if based is not None else path
+        assert entry.path == shown, path
+        assert entry.location == str(first.resolve())

@@ -1,30 +1,52 @@
-"""Inference: a real LeNet trained on MNIST, loaded from the store and run on real digits."""
+"""Inference: a real LeNet trained on MNIST, loaded from the store and run on real digits.
+
+Also the fast paths: libpng for plain PNGs (the same pixels as PIL), the channels-last
+layout on CPU, and top-k for many rows at once (the same answers as row by row).
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from jobs import layout
-from jobs.images import REASON_BOMB, REASON_NOT_IMAGE, REASON_TOO_LARGE, DecodeLimits, resize
+from jobs.images import (
+    DEFAULT_LIMITS,
+    REASON_BOMB,
+    REASON_NOT_IMAGE,
+    REASON_TOO_LARGE,
+    REASON_TRUNCATED,
+    DecodeLimits,
+    decode_image,
+    resize,
+)
 from jobs.inference import (
     ImageError,
+    LoadedModel,
     ModelCache,
     SnapshotNotFound,
+    decode_plain_png,
     load_model,
+    png_decoder,
     resolve_snapshot,
+    top_k_many,
+    top_k_predictions,
 )
-from jobs.specs import ResizeMode
+from jobs.specs import ImageSpec, ResizeMode
 from jobs.storage import LocalStore
 from tests.jobs.dataset_helpers import bomb_png
 from tests.jobs.inference_helpers import (
     HELD_OUT,
     LABELS,
+    network_info,
     png_bytes,
     reference_probabilities,
     trained_lenet,
@@ -182,3 +204,128 @@ def test_runs_under_inference_mode_without_grad(store, trained, mnist_arrays) ->
     model.classify([png_bytes(images[HELD_OUT[2]])])
     assert all(p.grad is None for p in model.network.parameters())
     assert torch.is_grad_enabled()
+
+
+def _png(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def _with_chunk(png: bytes, kind: bytes, body: bytes, *, bad_crc: bool = False) -> bytes:
+    """`png` with one more chunk right after IHDR (which ends at byte 33)."""
+    crc = zlib.crc32(kind + body) ^ (1 if bad_crc else 0)
+    return png[:33] + struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc) + png[33:]
+
+
+def test_plain_pngs_decode_to_the_same_pixels_as_pil(mnist_arrays) -> None:
+    if png_decoder() is None:
+        pytest.skip("this torchvision has no PNG decoder: PIL decodes every image")
+    images, _ = mnist_arrays
+    digit = images[HELD_OUT[3]]
+    rgb = np.stack([digit, digit[::-1], 255 - digit], axis=-1)
+    grey = Image.fromarray(digit)
+    gamma = _with_chunk(_png(grey), b"gAMA", struct.pack(">I", 100000))
+    plain = {
+        "grey": (_png(grey), 1),
+        "grey with tRNS": (_png(grey, transparency=0), 1),
+        "grey, other size": (_png(Image.fromarray(np.tile(digit, (2, 1)))), 1),
+        "grey with gAMA and tEXt": (_with_chunk(gamma, b"tEXt", b"k\0v"), 1),
+        "rgb": (_png(Image.fromarray(rgb)), 3),
+        "rgb with tRNS": (_png(Image.fromarray(rgb), transparency=(0, 0, 0)), 3),
+    }
+    for name, (data, channels) in plain.items():
+        fast = decode_plain_png(data, channels, DEFAULT_LIMITS)
+        assert fast is not None, name
+        np.testing.assert_array_equal(fast, decode_image(data, channels), err_msg=name)
+
+
+def test_other_pngs_take_the_pil_path(store, trained, mnist_arrays) -> None:
+    images, _ = mnist_arrays
+    digit = images[HELD_OUT[3]]
+    grey = _png(Image.fromarray(digit))
+    rgb = _png(Image.fromarray(np.stack([digit] * 3, axis=-1)))
+    declined = {
+        "rgb for a grey model": (rgb, 1),
+        "grey for a colour model": (grey, 3),
+        "palette": (_png(Image.fromarray(digit).convert("P")), 1),
+        "16-bit": (_png(Image.fromarray(digit.astype(np.uint16) * 257)), 1),
+        "grey and alpha": (_png(Image.fromarray(digit).convert("LA")), 1),
+        "bad ancillary crc": (_with_chunk(grey, b"tEXt", b"k\0v", bad_crc=True), 1),
+        "second critical chunk": (_with_chunk(grey, b"PLTE", b"\0\0\0"), 1),
+        "no IEND": (grey[:-12], 1),
+        "truncated": (grey[: len(grey) // 2], 1),
+        "bomb": (bomb_png(), 1),
+        "too large": (grey, 1),
+        "not a png": (b"#!/bin/sh\n" * 10, 1),
+    }
+    for name, (data, channels) in declined.items():
+        limits = DecodeLimits(max_bytes=len(grey) - 1) if name == "too large" else DEFAULT_LIMITS
+        assert decode_plain_png(data, channels, limits) is None, name
+
+    # ...where they get the dataset path's answers: refusals with its reasons, or its pixels
+    model = load_model(store, write_trained(store, trained), device="cpu")
+    for name, reason in {
+        "bad ancillary crc": REASON_NOT_IMAGE,
+        "truncated": REASON_TRUNCATED,
+        "bomb": REASON_BOMB,
+    }.items():
+        with pytest.raises(ImageError) as refused:
+            model.preprocess(declined[name][0])
+        assert refused.value.reason == reason, name
+    for name in ("rgb for a grey model", "palette", "16-bit", "no IEND"):
+        expected = decode_image(declined[name][0], 1).transpose(2, 0, 1)
+        np.testing.assert_array_equal(model.preprocess(declined[name][0]), expected, err_msg=name)
+
+
+def test_top_k_many_is_top_k_predictions_per_row() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((50, 7)).astype(np.float32)
+    probabilities[:10, 2:5] = 0.25  # ties keep class order, as a stable sort does
+    labels = [f"class {i}" for i in range(7)]
+    for k in (1, 3, 7, 12):
+        many = top_k_many(probabilities, labels, k)
+        assert many == [top_k_predictions(row, labels, k) for row in probabilities]
+        expected = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[: min(k, 7)]
+            expected.append([[labels[int(i)], float(row[int(i)])] for i in order])
+        assert many == expected
+        assert all(type(pair) is list and type(pair[1]) is float for row in many for pair in row)
+    assert top_k_many(np.zeros((0, 7), np.float32), labels, 5) == []
+
+
+def test_cpu_networks_run_channels_last_unless_they_cannot(store, trained, mnist_arrays) -> None:
+    images, _ = mnist_arrays
+    model = load_model(store, write_trained(store, trained), device="cpu")
+    assert model.channels_last
+    conv = dict(model.network.named_parameters())["features.2.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    pixels = images[HELD_OUT][:40][:, None]
+    np.testing.assert_allclose(
+        model.probabilities(pixels), reference_probabilities(trained, pixels[:, 0]), atol=1e-5
+    )
+
+    class Viewing(nn.Module):
+        """Flattens a feature map with .view(), which a channels-last one refuses."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.conv(x)
+            return self.fc(features.view(features.shape[0], -1))
+
+    torch.manual_seed(0)
+    viewing = LoadedModel(
+        network=Viewing(),
+        info=network_info("m2", "d1", 1.0),
+        labels=LABELS,
+        mean=None,
+        image=ImageSpec(channels=1, width=28, height=28),
+    )
+    assert not viewing.channels_last
+    assert all(p.is_contiguous() for p in viewing.network.parameters())
+    assert viewing.probabilities(pixels).shape == (40, 10)
