@@ -130,6 +130,11 @@ class LocalRayHead:
             # Ray >= 2.5x drains a node on SIGTERM, waiting (30 s by default) for leases that
             # a private head's finished jobs may never return: nothing to drain here.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            # Ray >= 2.5x turns token auth on for `ray start` as soon as ~/.ray/auth_token
+            # exists (any local `ray.init()` writes one), and then the readiness probe and every
+            # client without the token get 401. This head listens on loopback only and its
+            # behaviour must not depend on what else ran in the home directory.
+            "RAY_AUTH_MODE": "disabled",
             **self.env,
         }
         env.pop("RAY_ADDRESS", None)
