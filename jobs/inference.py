@@ -41,6 +41,7 @@ from torch import nn
 
 from jobs import layout
 from jobs.images import DEFAULT_LIMITS, DecodeLimits, ImageRejected, decode_image, resize
+from jobs.networks import adopt_channels_last
 from jobs.snapshots import (
     MEAN_FILE,
     MODEL_FILE,
@@ -354,33 +355,20 @@ class LoadedModel:
             self.channels_last = self._adopt_channels_last()
 
     def _adopt_channels_last(self) -> bool:
-        """Run a CPU convolution network in channels-last layout, when it answers the same.
-
-        oneDNN's convolutions and, above all, its max pooling are vectorised over channels in
-        that layout; in the default one PyTorch's CPU max pooling is a slow scalar loop (for
-        LeNet, a third of the forward pass). Before switching, the network classifies two
-        fixed probe images both ways; a network that fails or disagrees (custom code that
-        `.view()`s a feature map, say) stays as it was.
-        """
-        if not any(isinstance(m, nn.Conv2d) for m in self.network.modules()):
-            return False
+        """Classify in channels-last layout when two fixed probe images score the same both
+        ways (`adopt_channels_last`); the weights change layout outside inference mode, so
+        they stay usable by autograd (ONNX export)."""
         noise = np.random.default_rng(FILL_NOISE_SEED).integers(0, 256, (2, *self.pixel_shape))
         probe = torch.from_numpy(noise.astype(np.uint8))
-        try:
+
+        def run(channels_last: bool) -> torch.Tensor:
+            self.channels_last = channels_last
             with _cpu_threads(1), torch.inference_mode():
-                expected = self._forward(probe)
-            # outside inference mode: the weights must stay usable by autograd (ONNX export)
-            self.network.to(memory_format=torch.channels_last)
-            self.channels_last = True
-            with _cpu_threads(1), torch.inference_mode():
-                got = self._forward(probe)
-            if torch.allclose(got, expected, rtol=CHANNELS_LAST_RTOL, atol=CHANNELS_LAST_ATOL):
-                return True
-        except Exception:  # noqa: S110 - any failure: keep the layout the network was built in
-            pass
-        self.channels_last = False
-        self.network.to(memory_format=torch.contiguous_format)
-        return False
+                return self._forward(probe)
+
+        adopted = adopt_channels_last(self.network, run, CHANNELS_LAST_RTOL, CHANNELS_LAST_ATOL)
+        self.channels_last = adopted
+        return adopted
 
     @property
     def parameters(self) -> int:

@@ -605,3 +605,34 @@ def training_loss(
             loss = loss + AUX_LOSS_WEIGHT * criterion(aux, labels)
         return loss, logits
     return criterion(outputs, labels), outputs
+
+
+def adopt_channels_last(
+    model: nn.Module,
+    run: Callable[[bool], torch.Tensor],
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> bool:
+    """Switch a convolution network to channels-last memory layout when it computes the same.
+
+    On the CPU, oneDNN vectorises convolutions and, above all, max pooling over channels in
+    that layout, where PyTorch's default-layout max pooling is a scalar loop: LeNet trains
+    about 1.6x and classifies about 2x faster. `run(channels_last)` computes a probe output
+    with `model` (in the layout named); the network switches only when the two layouts agree
+    within `rtol`/`atol`. One that fails or disagrees (custom code that `.view()`s a feature
+    map, say) stays in the layout it was built in.
+    """
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    try:
+        expected = run(False)
+        model.to(memory_format=torch.channels_last)
+        got = run(True)
+        if got.shape == expected.shape and torch.allclose(
+            got.float(), expected.float(), rtol=rtol, atol=atol
+        ):
+            return True
+    except Exception:  # noqa: S110 - any failure: keep the layout the network was built in
+        pass
+    model.to(memory_format=torch.contiguous_format)
+    return False

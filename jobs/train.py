@@ -63,6 +63,7 @@ from jobs.data import (
 from jobs.events import EVENTS_FILE, Event, EventLog, parse_jsonl
 from jobs.networks import (
     NetworkInputError,
+    adopt_channels_last,
     build_network,
     check_network,
     load_matching,
@@ -423,6 +424,8 @@ class TrainRun:
             files, self.resume_prefix = resume
             model.load_state_dict(decode_weights(files))
             self.state = decode_state(files)
+        if self.device.type == "cpu":
+            self._channels_last(model, plan.channels, height, width)
         self.seed = int(self.state.get("seed", plan.seed))
         self.iteration = int(self.state.get("iteration", 0))
         torch.manual_seed((self.seed * 1_000_003 + self.iteration * 7 + self.rank) % (2**63))
@@ -624,6 +627,23 @@ class TrainRun:
                 if (due_val or due_snap) and not epoch_end:
                     timer.start()
         self._finish()
+
+    def _channels_last(self, model: nn.Module, channels: int, height: int, width: int) -> None:
+        """Train a CPU convolution network in channels-last layout when it computes the same
+        (`adopt_channels_last`: oneDNN's vectorised convolutions and pooling). The probe is
+        two random images in evaluation mode, from a generator of its own: the run's random
+        streams are untouched. Snapshots store contiguous tensors either way."""
+        probe = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+        probe = probe * 255.0
+
+        def run(channels_last: bool) -> torch.Tensor:
+            model.eval()
+            with torch.no_grad():
+                return model(probe)
+
+        if adopt_channels_last(model, run) and self.rank == 0:
+            print("training in channels-last memory layout", flush=True)
+        model.train()
 
     def _micro_step(
         self,
