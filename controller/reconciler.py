@@ -2,8 +2,9 @@
 
 Each pass reads every object from the store and acts on the difference between its status and
 what Ray reports:
-- deletion requested: stop and forget its Ray jobs, delete its storage prefix, remove it; a
-  PretrainedModel that a model still starts from (`pretrained_users`) waits until they finish;
+- deletion requested: stop its Ray jobs and forget them once Ray is done with them, delete
+  its storage prefix, remove it; a PretrainedModel that a model still starts from
+  (`pretrained_users`) waits until they finish;
 - Running: read its Ray job (by the deterministic submission id), tail the job's event lines
   into status and the Prometheus collectors, and on a terminal Ray state finish, retry
   (attempt + 1, the job resumes from its last snapshot) or fail;
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 ABORT_ANNOTATION = "kdigits.io/abort-requested"
 BAD_INPUT_EXIT_CODE = 2  # a job exiting 2 rejected its input: retrying cannot help
 RESOURCES_TTL_S = 10.0
+# Ray's job manager keeps watching a job's supervisor actor after the job ends; a record deleted
+# before that actor is gone comes back as FAILED ("Job supervisor actor died"). A finished job
+# is deleted once it has been over this long, and the deletion confirmed on a later pass.
+JOB_SETTLE_S = 5.0
 LOG_BYTES_PER_S = 2_000_000  # a 2 MB log is read at most once a second
 
 
@@ -537,10 +542,10 @@ class Reconciler:
                 info = self.backend.info(sid)
                 if info is None:
                     continue
+                pending = True  # gone only once a later pass finds no record
                 if not info.terminal:
                     self.backend.stop(sid)
-                    pending = True
-                else:
+                elif info.end_time is None or time.time() - info.end_time >= JOB_SETTLE_S:
                     self.backend.delete(sid)
                 with self._tails_lock:
                     self._tails.pop(sid, None)
