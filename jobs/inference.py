@@ -350,9 +350,7 @@ class LoadedModel:
         )
         self._lock = threading.Lock()
         png_decoder()  # imports torchvision now rather than in the first request
-        self.channels_last = False
-        if self.device.type == "cpu":
-            self.channels_last = self._adopt_channels_last()
+        self.channels_last = self.device.type == "cpu" and self._adopt_channels_last()
 
     def _adopt_channels_last(self) -> bool:
         """Classify in channels-last layout when two fixed probe images score the same both
@@ -366,9 +364,7 @@ class LoadedModel:
             with _cpu_threads(1), torch.inference_mode():
                 return self._forward(probe)
 
-        adopted = adopt_channels_last(self.network, run, CHANNELS_LAST_RTOL, CHANNELS_LAST_ATOL)
-        self.channels_last = adopted
-        return adopted
+        return adopt_channels_last(self.network, run, CHANNELS_LAST_RTOL, CHANNELS_LAST_ATOL)
 
     @property
     def parameters(self) -> int:

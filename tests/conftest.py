@@ -11,12 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from controller.ray_local import LocalRayHead, local_ray_head
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_NPZ = Path(os.environ.get("KDIGITS_MNIST_NPZ", REPO.parent / "shared/data/mnist10k.npz"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def write_digit_folders(root: Path, images: np.ndarray, labels: np.ndarray, per_class: int) -> Path:
+    """The first `per_class` digits of each class as `root/train/<digit>/NNN.png`: a small but
+    real folder dataset, the layout DIGITS (and the examples' MinIO prefix) use."""
+    for digit in range(10):
+        folder = root / "train" / str(digit)
+        folder.mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(labels == digit)[:per_class]):
+            Image.fromarray(images[index]).save(folder / f"{i:03d}.png")
+    return root
 
 
 def require(condition: bool, reason: str) -> None:

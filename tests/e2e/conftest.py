@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from controller.ray_local import LocalRayHead, free_port
+from tests.conftest import write_digit_folders
 
 REPO = Path(__file__).resolve().parents[2]
 PER_CLASS = 30  # 300 digits: a tiny but real dataset
@@ -114,13 +113,7 @@ class Server:
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory, mnist_arrays: Any) -> Path:
     images, labels = mnist_arrays
-    root = tmp_path_factory.mktemp("digits")
-    for digit in range(10):
-        folder = root / "train" / str(digit)
-        folder.mkdir(parents=True)
-        for i, index in enumerate(np.flatnonzero(labels == digit)[:PER_CLASS]):
-            Image.fromarray(images[index]).save(folder / f"{i:03d}.png")
-    return root
+    return write_digit_folders(tmp_path_factory.mktemp("digits"), images, labels, PER_CLASS)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kubernetes.client import ApiClient, Configuration
-from PIL import Image
 
+from tests.conftest import write_digit_folders
 from tests.operator.apiserver import RunningApiServer, running_apiserver
 
 PER_CLASS = 30
@@ -42,10 +42,4 @@ def mnist_folder(
 ) -> Path:
     """300 real MNIST digits as `train/<digit>/*.png`: the layout of the examples' MinIO prefix."""
     images, labels = mnist_arrays
-    root = tmp_path_factory.mktemp("mnist")
-    for digit in range(10):
-        folder = root / "train" / str(digit)
-        folder.mkdir(parents=True)
-        for i, index in enumerate(np.flatnonzero(labels == digit)[:PER_CLASS]):
-            Image.fromarray(images[index]).save(folder / f"{i:03d}.png")
-    return root
+    return write_digit_folders(tmp_path_factory.mktemp("mnist"), images, labels, PER_CLASS)

@@ -45,23 +45,28 @@ def operator(
         services.stop()
 
 
-def test_deletion_is_not_blocked_when_ray_is_gone(operator: Services, kube: ApiClient) -> None:
-    home = operator.settings.home_dir
+def _apply_running_dataset(operator: Services, kube: ApiClient, name: str) -> dict[str, Any]:
+    """Apply a folder Dataset as kubectl would and wait until its attempt is recorded."""
     body = {
         "apiVersion": "kdigits.io/v1alpha1",
         "kind": "Dataset",
-        "metadata": {"name": "orphan"},
-        "spec": {"source": {"folder": {"train": str(home / "data" / "train")}}},
+        "metadata": {"name": name},
+        "spec": {"source": {"folder": {"train": str(operator.settings.home_dir / "data/train")}}},
     }
     apply(kube, body, NS)
-    # The reconciler records the attempt before submitting it: Running, with a Ray job id that
-    # Ray never confirmed (it cannot be reached).
-    running = wait_for(
-        lambda: get(kube, "Dataset", "orphan", NS),
+    return wait_for(
+        lambda: get(kube, "Dataset", name, NS),
         lambda o: phase(o) == "Running",
         30,
         "the attempt to be recorded",
     )
+
+
+def test_deletion_is_not_blocked_when_ray_is_gone(operator: Services, kube: ApiClient) -> None:
+    home = operator.settings.home_dir
+    # The reconciler records the attempt before submitting it: Running, with a Ray job id that
+    # Ray never confirmed (it cannot be reached).
+    running = _apply_running_dataset(operator, kube, "orphan")
     uid = running["metadata"]["uid"]
     assert running["metadata"]["finalizers"] == ["kdigits.io/finalizer"]
     prefix = home / "store" / "datasets" / uid
@@ -79,20 +84,7 @@ def test_deletion_is_not_blocked_when_ray_is_gone(operator: Services, kube: ApiC
 def test_a_started_job_refuses_a_spec_the_contract_rejects(
     operator: Services, kube: ApiClient
 ) -> None:
-    home = operator.settings.home_dir
-    body = {
-        "apiVersion": "kdigits.io/v1alpha1",
-        "kind": "Dataset",
-        "metadata": {"name": "edited"},
-        "spec": {"source": {"folder": {"train": str(home / "data" / "train")}}},
-    }
-    apply(kube, body, NS)
-    running = wait_for(
-        lambda: get(kube, "Dataset", "edited", NS),
-        lambda o: phase(o) == "Running",
-        30,
-        "the attempt to be recorded",
-    )
+    running = _apply_running_dataset(operator, kube, "edited")
     uid = running["metadata"]["uid"]
     patch_spec(kube, "Dataset", "edited", NS, {"split": {"valPercent": 60, "testPercent": 50}})
     refused = wait_for(
@@ -108,7 +100,7 @@ def test_a_started_job_refuses_a_spec_the_contract_rejects(
     assert any(e[1] == "SpecChangeRefused" for e in events(kube, NS, "edited"))
     delete(kube, "Dataset", "edited", NS)
     wait_for(lambda: get(kube, "Dataset", "edited", NS), lambda o: o is None, 30, "the release")
-    assert not (home / "store" / "datasets" / uid).exists()
+    assert not (operator.settings.home_dir / "store" / "datasets" / uid).exists()
     forced = [e for e in events(kube, NS, "edited") if e[1] == "FinalizerForced"]
     assert forced and f"dataset {uid}" in forced[0][2]
 
